@@ -1,0 +1,219 @@
+"""Image datasets: the packed MNIST and CIFAR-10 files, MNIST IDX files, and image folders.
+
+Every loader returns `ImageSet`s of uint8 images in (N, H, W, C) layout (RGB for colour) with
+int64 labels; `to_tensor` turns a batch into the float (N, C, H, W) in [0, 1] the models take.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from torch import Tensor
+
+MNIST_CLASSES = [str(d) for d in range(10)]
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
+
+
+class DatasetError(ValueError):
+    """A dataset path or file that cannot be read as any supported format."""
+
+
+@dataclass(frozen=True)
+class ImageSet:
+    """uint8 images (N, H, W, C) with their int64 labels and the class names."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    classes: list[str]
+
+    def __post_init__(self) -> None:
+        if self.images.ndim != 4 or self.images.dtype != np.uint8:
+            raise DatasetError(f"images must be uint8 (N, H, W, C), got {self.images.dtype} {self.images.shape}")
+        if len(self.images) != len(self.labels):
+            raise DatasetError(f"{len(self.images)} images but {len(self.labels)} labels")
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of one image."""
+        _, h, w, c = self.images.shape
+        return (c, h, w)
+
+    def subset(self, indices: np.ndarray) -> ImageSet:
+        return ImageSet(self.images[indices], self.labels[indices], self.classes)
+
+    def head(self, n: int | None) -> ImageSet:
+        return self if n is None or n >= len(self) else self.subset(np.arange(n))
+
+
+@dataclass(frozen=True)
+class Splits:
+    train: ImageSet
+    test: ImageSet
+
+
+@dataclass(frozen=True)
+class ValidationSplit:
+    """Training data with a validation part carved out by a seeded permutation."""
+
+    train: ImageSet
+    validation: ImageSet
+    seed: int
+    indices: np.ndarray  # positions of the validation images in the original training set
+
+    def record(self) -> dict[str, object]:
+        """What a bundle records so the split can be checked and re-made."""
+        digest = hashlib.sha256(np.sort(self.indices).astype(np.int64).tobytes()).hexdigest()
+        return {"seed": self.seed, "size": int(len(self.indices)), "indices_sha256": digest}
+
+
+def split_validation(train: ImageSet, size: int, seed: int) -> ValidationSplit:
+    """Hold out `size` training images, chosen by a permutation seeded with `seed`."""
+    if not 0 < size < len(train):
+        raise DatasetError(f"validation size {size} must be between 1 and {len(train) - 1}")
+    order = np.random.default_rng(seed).permutation(len(train))
+    val_idx, train_idx = order[:size], order[size:]
+    return ValidationSplit(train.subset(np.sort(train_idx)), train.subset(np.sort(val_idx)), seed, val_idx)
+
+
+def to_tensor(images: np.ndarray) -> Tensor:
+    """uint8 (N, H, W, C) → float32 (N, C, H, W) in [0, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(255.0)
+
+
+def to_uint8(x: Tensor) -> np.ndarray:
+    """float (N, C, H, W) in [0, 1] → uint8 (N, H, W, C), rounded."""
+    return (x.detach().clamp(0, 1) * 255.0).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+
+# --- formats ----------------------------------------------------------------------------
+
+
+def load_mnist_npz(path: Path) -> Splits:
+    """The packed MNIST file: x_train/x_test uint8 (N, 28, 28), y_train/y_test."""
+    with np.load(path) as z:
+        return Splits(
+            ImageSet(z["x_train"][..., None], z["y_train"].astype(np.int64), MNIST_CLASSES),
+            ImageSet(z["x_test"][..., None], z["y_test"].astype(np.int64), MNIST_CLASSES),
+        )
+
+
+def decode_jpeg_blob(blob: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """Decode concatenated JPEG files (image i is blob[off[i]:off[i+1]]) into RGB uint8."""
+    out = []
+    for a, b in zip(offsets[:-1], offsets[1:]):
+        bgr = cv2.imdecode(blob[a:b], cv2.IMREAD_COLOR)
+        if bgr is None:
+            raise DatasetError(f"undecodable JPEG at bytes {a}..{b}")
+        out.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+    return np.stack(out)
+
+
+def load_cifar10_jpeg(path: Path) -> Splits:
+    """The packed CIFAR-10 file of JPEG images (decoded here, as a camera frame would be)."""
+    with np.load(path) as z:
+        classes = [str(c) for c in z["classes"]]
+        return Splits(
+            ImageSet(decode_jpeg_blob(z["train_jpeg"], z["train_offsets"]), z["y_train"].astype(np.int64), classes),
+            ImageSet(decode_jpeg_blob(z["test_jpeg"], z["test_offsets"]), z["y_test"].astype(np.int64), classes),
+        )
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """One IDX file (optionally gzipped), as distributed for MNIST."""
+    raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+        raise DatasetError(f"{path}: not an unsigned-byte IDX file")
+    ndim = raw[3]
+    dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
+    if data.size != int(np.prod(dims)):
+        raise DatasetError(f"{path}: header says {dims} but holds {data.size} bytes")
+    return data.reshape(dims)
+
+
+def find_idx(root: Path, stem: str) -> Path:
+    for name in (stem, stem + ".gz", stem.replace("-idx", ".idx"), stem.replace("-idx", ".idx") + ".gz"):
+        if (root / name).is_file():
+            return root / name
+    raise DatasetError(f"{root}: no {stem}[.gz] (the standard MNIST IDX file names)")
+
+
+def load_mnist_idx(root: Path) -> Splits:
+    """A folder with the four standard MNIST IDX files (gzipped or not)."""
+    def part(images: str, labels: str) -> ImageSet:
+        x = read_idx(find_idx(root, images))
+        y = read_idx(find_idx(root, labels)).astype(np.int64)
+        return ImageSet(x[..., None], y, MNIST_CLASSES)
+
+    return Splits(
+        part("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+        part("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+    )
+
+
+def read_image(path: Path, channels: int, size: tuple[int, int]) -> np.ndarray:
+    """One image file as uint8 (H, W, C), converted to `channels` and resized to (H, W)."""
+    flag = cv2.IMREAD_GRAYSCALE if channels == 1 else cv2.IMREAD_COLOR
+    img = cv2.imread(str(path), flag)
+    if img is None:
+        raise DatasetError(f"{path}: not an image OpenCV can read")
+    if img.shape[:2] != size:
+        img = cv2.resize(img, (size[1], size[0]), interpolation=cv2.INTER_AREA)
+    if channels == 1:
+        return img[..., None]
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def load_image_folder(root: Path, channels: int = 3, size: tuple[int, int] = (32, 32), test_fraction: float = 0.2, seed: int = 0) -> Splits:
+    """`root/<class>/*.png|jpg…`, classes in sorted order; `root/train` and `root/test` if present.
+
+    Without train/test subfolders, a seeded `test_fraction` of the images becomes the test split.
+    """
+    def read_tree(tree: Path, classes: list[str] | None = None) -> ImageSet:
+        names = classes or sorted(p.name for p in tree.iterdir() if p.is_dir())
+        images, labels = [], []
+        for label, name in enumerate(names):
+            files = sorted(p for p in (tree / name).glob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+            images += [read_image(p, channels, size) for p in files]
+            labels += [label] * len(files)
+        if not images:
+            raise DatasetError(f"{tree}: no images under <class>/ folders")
+        return ImageSet(np.stack(images), np.asarray(labels, dtype=np.int64), names)
+
+    if (root / "train").is_dir() and (root / "test").is_dir():
+        train = read_tree(root / "train")
+        return Splits(train, read_tree(root / "test", train.classes))
+    everything = read_tree(root)
+    order = np.random.default_rng(seed).permutation(len(everything))
+    n_test = max(1, int(len(order) * test_fraction))
+    return Splits(everything.subset(np.sort(order[n_test:])), everything.subset(np.sort(order[:n_test])))
+
+
+def load_dataset(path: str | Path, channels: int = 3, size: tuple[int, int] = (32, 32)) -> Splits:
+    """Any supported dataset, recognised by what the path holds.
+
+    `channels` and `size` apply to image folders only; the packed files keep their own shape.
+    """
+    p = Path(path)
+    if p.is_file() and p.suffix == ".npz":
+        with np.load(p) as z:
+            keys = set(z.files)
+        if {"x_train", "y_train", "x_test", "y_test"} <= keys:
+            return load_mnist_npz(p)
+        if {"train_jpeg", "train_offsets", "test_jpeg", "test_offsets"} <= keys:
+            return load_cifar10_jpeg(p)
+        raise DatasetError(f"{p}: an .npz file with neither the MNIST nor the CIFAR-10 keys")
+    if p.is_dir():
+        if any(p.glob("train-images*idx3-ubyte*")):
+            return load_mnist_idx(p)
+        return load_image_folder(p, channels, size)
+    raise DatasetError(f"{p}: no such dataset file or folder")

@@ -1,0 +1,12 @@
+"""Subcommands of `defed`, one module each."""
+
+from __future__ import annotations
+
+import click
+
+
+def register(cli: click.Group) -> None:
+    from gateway.commands import calibrate, import_reference, predict, train
+
+    for command in (train.train, calibrate.calibrate, import_reference.import_reference, predict.predict):
+        cli.add_command(command)
