@@ -6,7 +6,8 @@ import click
 
 
 def register(cli: click.Group) -> None:
-    from gateway.commands import calibrate, import_reference, predict, train
+    from gateway.commands import calibrate, import_reference, predict, serve, train
 
-    for command in (train.train, calibrate.calibrate, import_reference.import_reference, predict.predict):
+    for command in (train.train, calibrate.calibrate, import_reference.import_reference, predict.predict,
+                    serve.serve):
         cli.add_command(command)

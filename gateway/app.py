@@ -1,0 +1,188 @@
+"""The gateway daemon: startup → main loop → shutdown.
+
+A frame's path, top to bottom:
+
+    BrokerLink._on_message        (paho network thread)   MQTT message → Delivery
+    Gateway.take → FrameCodec     (paho network thread)   Delivery → Frame | Rejection
+    Batcher.next_batch            (inference thread)      Frames → batch
+    InferenceWorker.decide        (inference thread)      batch → Verdicts (bundle.predict once)
+    ResultPublisher               (publisher thread)      audit commit → event → PUBACK → ack
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import structlog
+import torch
+from prometheus_client import CollectorRegistry, start_http_server
+
+from defed_core import Bundle, BundleError
+from gateway.audit import AuditLog
+from gateway.batcher import Batcher
+from gateway.codec import FrameCodec
+from gateway.decision import EventFormatter, encode
+from gateway.errors import RuntimeFailure, UserError
+from gateway.frames import Delivery, Frame, Rejection
+from gateway.lifecycle import InFlight, ShutdownRequest
+from gateway.mqtt import BrokerLink
+from gateway.notify import SystemdNotifier
+from gateway.publisher import ResultPublisher
+from gateway.settings import GatewaySettings
+from gateway.stats import GatewayStats, StatsCollector
+from gateway.worker import InferenceWorker, warm_up
+
+log = structlog.get_logger("gateway.app")
+
+PURGE_INTERVAL_S = 3600.0
+
+
+def load_bundle(name_or_path: str, device: str) -> Bundle:
+    """`model.bundle` is a directory holding bundle.json, or the name of a shipped bundle."""
+    try:
+        if Path(name_or_path).is_dir():
+            return Bundle.load(name_or_path, device)
+        return Bundle.load_default(name_or_path, device)
+    except (BundleError, RuntimeError, ValueError) as exc:
+        raise UserError(f"model.bundle: cannot load {name_or_path!r}: {exc}") from None
+
+
+class Gateway:
+    """One gateway process: its stages, wired together, and its life."""
+
+    def __init__(self, settings: GatewaySettings) -> None:
+        self.settings = settings
+        self.stats = GatewayStats()
+        self.inflight = InFlight()
+        self.notifier = SystemdNotifier()
+        self.prefix = settings.mqtt.output_prefix
+
+    def run(self, shutdown: ShutdownRequest) -> int:
+        self.startup()
+        self.main_loop(shutdown)
+        return self.shutdown(shutdown)
+
+    # --- startup ------------------------------------------------------------------------
+
+    def startup(self) -> None:
+        s = self.settings
+        # Model: loaded and warm before we take a single frame.
+        if s.model.threads:
+            torch.set_num_threads(s.model.threads)
+        self.bundle = load_bundle(s.model.bundle, s.model.device)
+        warm_up(self.bundle, s.batching.max_batch)
+        log.info("model ready", bundle=self.bundle.name, version=self.bundle.version,
+                 device=str(self.bundle.device), input_shape=list(self.bundle.input_shape))
+        # Audit log: schema brought up to date, old events purged.
+        self.audit = AuditLog(s.audit_url, s.audit.store_images)
+        try:
+            self.audit.prepare()
+            self.audit.purge(s.audit.retention_days)
+        except Exception as exc:
+            raise RuntimeFailure(f"audit log {self.audit.engine.url!r}: {exc}") from exc
+        log.info("audit log ready", url=self.audit.engine.url.render_as_string(hide_password=True))
+        self.start_metrics()
+        # The pipeline, from the far end back, so every stage exists before frames reach it.
+        self.link = BrokerLink(s.mqtt, s.frame_topic, f"{self.prefix}/status", self.take)
+        formatter = EventFormatter(self.bundle.name, self.bundle.version, self.bundle.classes,
+                                   self.bundle.thresholds.tolist())
+        self.publisher = ResultPublisher(self.link, self.audit, formatter, self.stats, self.prefix,
+                                         self.acknowledge, time.monotonic)
+        self.batcher: Batcher[Frame] = Batcher(s.batching.max_batch, s.batching.max_wait_ms, s.batching.queue_capacity)
+        self.stats.queue_depth = self.batcher.__len__
+        self.worker = InferenceWorker(self.bundle, self.batcher, self.publisher.batch_decided, self.stats)
+        self.codec = FrameCodec(self.bundle.input_shape, s.max_payload_bytes)
+        self.publisher.start()
+        self.worker.start()
+        # Broker: subscribe and say `online` on every connect; READY=1 once subscribed.
+        self.link.on_connected = self.notifier.ready
+        self.link.start(receive_maximum=s.batching.queue_capacity)
+
+    def start_metrics(self) -> None:
+        self.metrics_server = None
+        if not self.settings.metrics.listen:
+            return
+        host, _, port = self.settings.metrics.listen.rpartition(":")
+        registry = CollectorRegistry()
+        registry.register(StatsCollector(self.stats))
+        try:
+            self.metrics_server, _ = start_http_server(int(port), host, registry=registry)
+        except OSError as exc:
+            raise RuntimeFailure(f"metrics.listen {self.settings.metrics.listen}: {exc}") from exc
+        log.info("metrics listening", address=self.settings.metrics.listen)
+
+    # --- frames, on the paho network thread ----------------------------------------------
+
+    def take(self, delivery: Delivery) -> None:
+        """A frame arrives: decode it and queue it for a batch, or answer it with an error."""
+        self.stats.count("received")
+        self.inflight.add()
+        result = self.codec.decode(delivery)
+        if isinstance(result, Rejection):
+            self.publisher.rejected(result)
+        elif not self.batcher.put(result):
+            self.drop(delivery, result.frame_id)
+
+    def drop(self, delivery: Delivery, frame_id: str) -> None:
+        if self.batcher.closed:
+            # Shutting down: leave it unacknowledged; the broker redelivers it to our next session.
+            self.inflight.done()
+            return
+        # Overload: acknowledged without a result, so that it does not hold the broker's window.
+        self.stats.count("dropped")
+        log.warning("frame dropped, queue full", device_id=delivery.device_id, frame_id=frame_id,
+                    capacity=self.batcher.capacity)
+        self.acknowledge(delivery)
+
+    def acknowledge(self, delivery: Delivery) -> None:
+        self.link.ack(delivery.mid, delivery.qos)
+        self.inflight.done()
+
+    # --- main loop ------------------------------------------------------------------------
+
+    def main_loop(self, shutdown: ShutdownRequest) -> None:
+        """Periodic duties until a signal: stats, the systemd watchdog, audit retention."""
+        now = time.monotonic()
+        duties = [(self.settings.stats_interval_s, self.publish_stats),
+                  (PURGE_INTERVAL_S, lambda: self.audit.purge(self.settings.audit.retention_days))]
+        if self.notifier.watchdog_interval_s:
+            duties.append((self.notifier.watchdog_interval_s, self.notifier.watchdog))
+        due = [now + interval for interval, _ in duties]
+        while not shutdown.requested.wait(timeout=max(0.0, min(due) - time.monotonic())):
+            now = time.monotonic()
+            for i, (interval, duty) in enumerate(duties):
+                if due[i] <= now:
+                    duty()
+                    due[i] = now + interval
+
+    def publish_stats(self) -> None:
+        snapshot: dict[str, Any] = self.stats.snapshot()
+        snapshot["in_flight"] = len(self.inflight)
+        self.link.publish(f"{self.prefix}/stats", encode(snapshot), lambda: None)
+        log.debug("stats", **snapshot)
+
+    # --- shutdown -------------------------------------------------------------------------
+
+    def shutdown(self, shutdown: ShutdownRequest) -> int:
+        deadline = time.monotonic() + self.settings.drain_timeout_s
+        log.info("shutting down", signal=shutdown.signal_name, in_flight=len(self.inflight))
+        self.notifier.stopping()
+        # Stop taking frames: from here on the broker keeps new ones for our next session.
+        self.link.stop_taking_frames()
+        self.batcher.close()
+        # Finish the batches in hand: predict, commit, publish, and wait for every frame's ack.
+        if not self.inflight.wait_idle(max(0.0, deadline - time.monotonic())):
+            log.warning("drain timed out; the broker will redeliver the unacknowledged frames",
+                        unacknowledged=len(self.inflight), timeout_s=self.settings.drain_timeout_s)
+        self.publisher.finish()
+        # Final stats, then `offline` and a clean disconnect (so the Will is not sent).
+        self.publish_stats()
+        offline = self.link.close(timeout=max(1.0, deadline - time.monotonic()))
+        self.audit.close()
+        if self.metrics_server is not None:
+            self.metrics_server.shutdown()
+        log.info("stopped", offline_published=offline, **{k: v for k, v in self.stats.snapshot().items()
+                                                         if isinstance(v, int)})
+        return 0

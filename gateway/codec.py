@@ -1,0 +1,162 @@
+"""From MQTT payload to model-shaped pixels: envelope, frame id, image decoding and conversion.
+
+The conversion rule (docs/gateway.md, "Conversion"):
+  1. decode with OpenCV, keeping the file's own depth and channels;
+  2. 16-bit samples are scaled to 8 bits; an alpha channel is composited onto black
+     (transparent pixels become background, as on an MNIST digit);
+  3. colour → grayscale with ITU-R BT.601 weights (cv2.COLOR_BGR2GRAY), grayscale → colour by
+     repeating the channel; colour bundles receive RGB;
+  4. the whole frame is resized to the bundle's H×W with INTER_AREA (no crop, no letterbox:
+     aspect ratio is not kept, because borders the model never saw would hurt more).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+from typing import Any
+
+import cv2
+import numpy as np
+
+from gateway.frames import Delivery, ErrorCode, Frame, Rejection
+
+MAX_FRAME_ID_CHARS = 128
+# A decompression bomb guard: a small PNG can declare a gigapixel image.
+MAX_PIXELS = 50_000_000
+
+
+class FrameError(Exception):
+    def __init__(self, error: ErrorCode, detail: str, frame_id: str | None = None) -> None:
+        super().__init__(detail)
+        self.error: ErrorCode = error
+        self.detail = detail
+        self.frame_id = frame_id
+
+
+def content_frame_id(payload: bytes) -> str:
+    """The id of a frame that brings none: the same bytes redelivered get the same id."""
+    return hashlib.sha256(payload).hexdigest()[:16]
+
+
+class FrameCodec:
+    """Turns a Delivery into a Frame in the bundle's input shape, or a Rejection."""
+
+    def __init__(self, input_shape: tuple[int, int, int], max_payload_bytes: int) -> None:
+        self.channels, self.height, self.width = input_shape
+        self.max_payload_bytes = max_payload_bytes
+
+    def decode(self, delivery: Delivery) -> Frame | Rejection:
+        try:
+            return self.decode_or_raise(delivery)
+        except FrameError as exc:
+            return Rejection(delivery, exc.frame_id, exc.error, exc.detail)
+
+    def decode_or_raise(self, delivery: Delivery) -> Frame:
+        payload = delivery.payload
+        if len(payload) > self.max_payload_bytes:
+            # Not hashed: we do not spend time on a payload we refuse, so it has no frame id.
+            raise FrameError("payload_too_large", f"{len(payload)} bytes > limit of {self.max_payload_bytes}")
+        if looks_like_json(payload):
+            frame_id, ts, image = open_envelope(payload)
+        else:
+            frame_id, ts, image = user_property_id(delivery.properties), user_property_ts(delivery.properties), payload
+        frame_id = frame_id or content_frame_id(payload)
+        try:
+            pixels = self.to_input_shape(decode_image(image))
+        except FrameError as exc:
+            exc.frame_id = frame_id
+            raise
+        return Frame(delivery, frame_id, ts, pixels, image)
+
+    def to_input_shape(self, image: np.ndarray) -> np.ndarray:
+        """Any decoded image (H', W'[, C']) → uint8 (H, W, C) per the module's conversion rule."""
+        image = to_8bit(image)
+        image = composite_alpha(image)  # (H', W') gray or (H', W', 3) BGR
+        if self.channels == 1:
+            if image.ndim == 3:
+                image = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+        elif self.channels == 3:
+            image = cv2.cvtColor(image, cv2.COLOR_GRAY2RGB if image.ndim == 2 else cv2.COLOR_BGR2RGB)
+        else:
+            raise FrameError("unsupported_image", f"bundle expects {self.channels} channels; only 1 or 3 are supported")
+        if image.shape[:2] != (self.height, self.width):
+            image = cv2.resize(image, (self.width, self.height), interpolation=cv2.INTER_AREA)
+        return np.ascontiguousarray(image.reshape(self.height, self.width, self.channels))  # (H, W, C)
+
+
+def looks_like_json(payload: bytes) -> bool:
+    # No image format starts with '{', so this cannot mistake an image for an envelope.
+    return payload.lstrip()[:1] == b"{"
+
+
+def open_envelope(payload: bytes) -> tuple[str | None, float | None, bytes]:
+    """`{"frame_id": str, "ts": float, "image": base64}` → (frame_id, ts, image bytes)."""
+    try:
+        doc: Any = json.loads(payload)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise FrameError("bad_envelope", f"not valid JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise FrameError("bad_envelope", "envelope must be a JSON object")
+    frame_id = doc.get("frame_id")
+    if frame_id is not None and (not isinstance(frame_id, str) or not 0 < len(frame_id) <= MAX_FRAME_ID_CHARS):
+        raise FrameError("bad_envelope", f"frame_id must be a string of 1 to {MAX_FRAME_ID_CHARS} characters")
+    ts = doc.get("ts")
+    if ts is not None and (isinstance(ts, bool) or not isinstance(ts, int | float)):
+        raise FrameError("bad_envelope", "ts must be a number (seconds since the epoch)", frame_id)
+    image = doc.get("image")
+    if not isinstance(image, str) or not image:
+        raise FrameError("bad_envelope", "envelope has no 'image' (base64 string)", frame_id)
+    try:
+        data = base64.b64decode(image, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise FrameError("bad_envelope", f"'image' is not valid base64: {exc}", frame_id) from None
+    return frame_id, None if ts is None else float(ts), data
+
+
+def user_property_id(properties: dict[str, str]) -> str | None:
+    frame_id = properties.get("frame_id")
+    return frame_id if frame_id and len(frame_id) <= MAX_FRAME_ID_CHARS else None
+
+
+def user_property_ts(properties: dict[str, str]) -> float | None:
+    try:
+        return float(properties["ts"])
+    except (KeyError, ValueError):
+        return None
+
+
+def decode_image(data: bytes) -> np.ndarray:
+    if not data:
+        raise FrameError("undecodable_image", "empty image")
+    image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    if image is None or image.size == 0:
+        raise FrameError("undecodable_image", f"{len(data)} bytes are not an image OpenCV can decode")
+    if image.shape[0] * image.shape[1] > MAX_PIXELS:
+        raise FrameError("unsupported_image", f"{image.shape[1]}×{image.shape[0]} exceeds {MAX_PIXELS} pixels")
+    return image
+
+
+def to_8bit(image: np.ndarray) -> np.ndarray:
+    if image.dtype == np.uint8:
+        return image
+    if image.dtype == np.uint16:
+        return (image >> 8).astype(np.uint8)
+    raise FrameError("unsupported_image", f"sample type {image.dtype} is not supported (8 or 16-bit integers only)")
+
+
+def composite_alpha(image: np.ndarray) -> np.ndarray:
+    """(H, W), (H, W, 1|3|4) → (H, W) gray or (H, W, 3) BGR; alpha composited onto black."""
+    if image.ndim == 2:
+        return image
+    channels = image.shape[2]
+    if channels == 1:
+        return image[:, :, 0]
+    if channels == 3:
+        return image
+    if channels == 4:
+        alpha = image[:, :, 3:4].astype(np.float32) / 255.0
+        return (image[:, :, :3].astype(np.float32) * alpha + 0.5).astype(np.uint8)
+    raise FrameError("unsupported_image", f"{channels}-channel images are not supported")
