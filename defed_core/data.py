@@ -161,16 +161,11 @@ def load_mnist_idx(root: Path) -> Splits:
 
 
 def read_image(path: Path, channels: int, size: tuple[int, int]) -> np.ndarray:
-    """One image file as uint8 (H, W, C), converted to `channels` and resized to (H, W)."""
-    flag = cv2.IMREAD_GRAYSCALE if channels == 1 else cv2.IMREAD_COLOR
-    img = cv2.imread(str(path), flag)
+    """One image file as uint8 (H, W, C), converted by the rule of `fit_image`."""
+    img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if img is None:
         raise DatasetError(f"{path}: not an image OpenCV can read")
-    if img.shape[:2] != size:
-        img = cv2.resize(img, (size[1], size[0]), interpolation=cv2.INTER_AREA)
-    if channels == 1:
-        return img[..., None]
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    return fit_image(img, (channels, *size))
 
 
 def load_image_folder(root: Path, channels: int = 3, size: tuple[int, int] = (32, 32), test_fraction: float = 0.2, seed: int = 0) -> Splits:
@@ -217,3 +212,49 @@ def load_dataset(path: str | Path, channels: int = 3, size: tuple[int, int] = (3
             return load_mnist_idx(p)
         return load_image_folder(p, channels, size)
     raise DatasetError(f"{p}: no such dataset file or folder")
+
+
+def fit_image(image: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
+    """A decoded OpenCV image (gray, BGR or BGRA; any size) as uint8 (H, W, C) of `shape` (C, H, W).
+
+    The rule: alpha is dropped (the colour is kept as stored, not composited); colour becomes
+    gray by ITU-R BT.601 luma (OpenCV's BGR2GRAY), gray becomes colour by copying the channel;
+    then the image is resized to H×W with area interpolation when shrinking and bilinear when
+    enlarging, ignoring aspect ratio. 16-bit images are scaled to 8 bits. Colour comes out RGB.
+    """
+    c, h, w = shape
+    if image.dtype == np.uint16:
+        image = (image >> 8).astype(np.uint8)
+    if image.dtype != np.uint8:
+        raise DatasetError(f"unsupported pixel type {image.dtype}")
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[..., 0]
+    if image.ndim == 3 and image.shape[2] == 4:
+        image = cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
+    if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] != 3):
+        raise DatasetError(f"unsupported image layout {image.shape}")
+    if c == 1 and image.ndim == 3:
+        image = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+    elif c == 3 and image.ndim == 2:
+        image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+    if c == 3:
+        image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    if image.shape[:2] != (h, w):
+        shrinking = image.shape[0] * image.shape[1] > h * w
+        image = cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
+    return image.reshape(h, w, c)
+
+
+def load_sample(name: str = "mnist") -> ImageSet:
+    """A small sample of real test images shipped with the package (for the demo and tests).
+
+    `mnist`: 256 MNIST test images chosen by a seeded permutation (their test-set indices
+    are stored beside them).
+    """
+    from importlib import resources
+
+    path = Path(str(resources.files("defed_core") / "samples" / f"{name}-test-sample.npz"))
+    if not path.is_file():
+        raise DatasetError(f"no shipped sample {name!r}")
+    with np.load(path) as z:
+        return ImageSet(z["images"], z["labels"].astype(np.int64), [str(c) for c in z["classes"]])

@@ -97,6 +97,7 @@ def train_classifier(
     checkpoint: Path, device: torch.device,
 ) -> nn.Module:
     """Cross-entropy training with Adam and a cosine learning-rate schedule."""
+    torch.manual_seed(training.seed)  # the initial weights, so a run is repeatable
     model = build_classifier(config).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=training.lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=training.epochs)
@@ -168,6 +169,7 @@ def train_denoiser(
     classifier = classifier.to(device).eval()
     for p in classifier.parameters():
         p.requires_grad_(False)
+    torch.manual_seed(training.seed)  # the initial weights, so a run is repeatable
     model = Denoiser(config).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=training.lr)
     ckpt = resume(checkpoint, "denoiser", config.to_dict(), asdict(training)) or Checkpoint(

@@ -1,0 +1,83 @@
+"""Named recipes for `defed train bundle --preset NAME`.
+
+The MNIST choices (members, σ, rule, training lengths) were made by measurement on the
+validation split; docs/training.md records the measurements and the reasons.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from defed_core.calibration import Rule
+from defed_core.classifiers import ClassifierConfig
+from defed_core.denoiser import Architecture
+from defed_core.filters import EdgeOperator
+from defed_core.training import ClassifierTraining, DenoiserTraining
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    version: str
+    input_shape: tuple[int, int, int]
+    classifier: ClassifierConfig
+    classifier_training: ClassifierTraining
+    sigmas: tuple[float, ...]
+    edge: EdgeOperator
+    denoiser_epochs: int
+    denoiser_images_per_epoch: int | None
+    alpha: float = 1.0
+    architecture: Architecture = "defed"
+    validation_size: int = 5000
+    seed: int = 0
+    rule: Rule = "fpr"
+    k: float = 3.0
+    target_fpr: float = 0.01
+    notes: list[str] = field(default_factory=list)
+
+    def denoiser_training(self, sigma: float) -> DenoiserTraining:
+        return DenoiserTraining(
+            sigma=sigma, epochs=self.denoiser_epochs, alpha=self.alpha,
+            images_per_epoch=self.denoiser_images_per_epoch, seed=self.seed,
+        )
+
+
+PRESETS: dict[str, Preset] = {
+    "mnist": Preset(
+        name="mnist",
+        version="1.0.0",
+        input_shape=(1, 28, 28),
+        classifier=ClassifierConfig("lenet5", 1, 10),
+        classifier_training=ClassifierTraining(epochs=30, lr=2e-3, shift=0),
+        sigmas=(20.0, 80.0),
+        edge="laplacian",
+        denoiser_epochs=4,
+        denoiser_images_per_epoch=20_000,
+        rule="fpr",
+        target_fpr=0.01,
+    ),
+    "cifar10": Preset(
+        name="cifar10",
+        version="1.0.0",
+        input_shape=(3, 32, 32),
+        classifier=ClassifierConfig("vgg", 3, 10),
+        classifier_training=ClassifierTraining(epochs=40, lr=2e-3, shift=4, flip=True),
+        sigmas=(8.0, 16.0),
+        edge="laplacian",
+        denoiser_epochs=4,
+        denoiser_images_per_epoch=20_000,
+        rule="fpr",
+        target_fpr=0.02,
+    ),
+}
+
+
+# The ablation of DESIGN §1: the same recipe with BaseNet members (no blur/edge branches, no skips).
+PRESETS["mnist-basenet"] = replace(PRESETS["mnist"], name="mnist-basenet", architecture="basenet")
+PRESETS["cifar10-basenet"] = replace(PRESETS["cifar10"], name="cifar10-basenet", architecture="basenet")
+
+
+def get_preset(name: str) -> Preset:
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}: expected one of {', '.join(sorted(PRESETS))}")
+    return PRESETS[name]
