@@ -9,6 +9,7 @@ keeps them, like a real broker restart.
 
 from __future__ import annotations
 
+import getpass
 import shutil
 import socket
 import subprocess
@@ -47,6 +48,9 @@ class PrivateBroker:
         self.config = self._dir / "mosquitto.conf"
         self.log_path = self._dir / "mosquitto.log"
         self.config.write_text(
+            # Run as ourselves: as root, mosquitto would otherwise switch to the `mosquitto`
+            # user, which cannot write its persistence file into our private directory.
+            f"user {getpass.getuser()}\n"
             f"listener {self.port} {self.host}\n"
             "allow_anonymous true\n"
             "persistence true\n"

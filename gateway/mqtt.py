@@ -131,8 +131,10 @@ class BrokerLink:
         """Connect in the background; paho retries until the broker answers."""
         s = self.settings
         log.info("broker connecting", host=s.host, port=s.port, protocol=s.protocol, client_id=s.client_id)
+        # Under 3.1.1 the session is kept by clean_session=False on the client instead.
+        clean_start = False if s.protocol == "5" else paho.MQTT_CLEAN_START_FIRST_ONLY
         self.client.connect_async(s.host, s.port, keepalive=s.keepalive_s,
-                                  clean_start=False, properties=self.connect_properties(receive_maximum))
+                                  clean_start=clean_start, properties=self.connect_properties(receive_maximum))
         self.client.loop_start()
 
     # --- outgoing ----------------------------------------------------------------------

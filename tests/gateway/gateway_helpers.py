@@ -21,12 +21,13 @@ import cv2
 import numpy as np
 import paho.mqtt.client as paho
 import torch
-from defed_core import Bundle
-from defed_core.calibration import Calibration
-from defed_core.testing import untrained_bundle
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+
+from defed_core import Bundle
+from defed_core.calibration import Calibration
+from defed_core.testing import untrained_bundle
 
 MNIST = Path("/work/shared/datasets/mnist.npz")
 if not MNIST.is_file():
@@ -96,7 +97,8 @@ def write_config(path: Path, settings: dict[str, Any]) -> Path:
     return path
 
 
-def gateway_settings(state_dir: Path, port: int, bundle: Path, **groups: dict[str, Any]) -> dict[str, Any]:
+def gateway_settings(state_dir: Path, port: int, bundle: Path, **overrides: Any) -> dict[str, Any]:
+    """Settings for a test gateway; a dict override updates its group, anything else replaces."""
     settings: dict[str, Any] = {
         "state_dir": state_dir, "stats_interval_s": 1.0, "drain_timeout_s": 15.0,
         "mqtt": {"host": "127.0.0.1", "port": port, "client_id": f"gw-{uuid.uuid4().hex[:8]}",
@@ -106,8 +108,8 @@ def gateway_settings(state_dir: Path, port: int, bundle: Path, **groups: dict[st
         "metrics": {"listen": ""},
         "log": {"level": "info", "format": "json"},
     }
-    for group, values in groups.items():
-        settings[group] = {**settings.get(group, {}), **values}
+    for name, value in overrides.items():
+        settings[name] = {**settings.get(name, {}), **value} if isinstance(value, dict) else value
     return settings
 
 
@@ -128,8 +130,8 @@ class GatewayProcess:
         env = {**os.environ, "NOTIFY_SOCKET": str(self.notify_path), "PYTHONUNBUFFERED": "1"}
         env = {k: v for k, v in env.items() if not k.startswith("DEFED_")}
         with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve", "--config", str(self.config)],
-                                            stdout=log, stderr=log, env=env)
+            command = [sys.executable, "-m", "gateway.cli", "serve", "--config", str(self.config)]
+            self.process = subprocess.Popen(command, stdout=log, stderr=log, env=env)
         if wait_ready:
             self.wait_for_notify("READY=1", timeout)
         return self
@@ -157,6 +159,15 @@ class GatewayProcess:
             except json.JSONDecodeError:
                 continue
         return events
+
+    def wait_for_log(self, event: str, timeout: float) -> None:
+        """Until the log has a line with this event (a log file gives us nothing to wait on but polling)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if any(e.get("event") == event for e in self.log_events()):
+                return
+            time.sleep(0.1)
+        raise AssertionError(f"no {event!r} in the gateway log within {timeout} s:\n{self.log()}")
 
     def signal(self, signum: int) -> None:
         assert self.process is not None
@@ -255,29 +266,35 @@ class ResultListener:
 
 
 class Camera:
-    """Publishes frames with QoS 1, like a device in the fleet."""
+    """Publishes frames with QoS 1, like a device in the fleet; paho queues them while disconnected."""
 
     def __init__(self, port: int) -> None:
         self.client = mqtt_client(f"camera-{uuid.uuid4().hex[:8]}")
         self.client.max_inflight_messages_set(100)
         self.client.max_queued_messages_set(0)
+        self._acked: set[int] = set()
+        self._changed = threading.Condition()
+        self.client.on_publish = self._on_publish
         connect(self.client, port)
-        self.infos: list[paho.MQTTMessageInfo] = []
+        self.mids: list[int] = []
+
+    def _on_publish(self, _c: paho.Client, _u: object, mid: int, *_rest: object) -> None:
+        with self._changed:
+            self._acked.add(mid)
+            self._changed.notify_all()
 
     def send(self, device: str, payload: bytes, frame_id: str | None = None, ts: float | None = None) -> None:
         props = None
         if frame_id is not None or ts is not None:
             props = Properties(PacketTypes.PUBLISH)
             props.UserProperty = [(k, str(v)) for k, v in (("frame_id", frame_id), ("ts", ts)) if v is not None]
-        self.infos.append(self.client.publish(f"cameras/{device}/frames", payload, qos=1, properties=props))
+        self.mids.append(self.client.publish(f"cameras/{device}/frames", payload, qos=1, properties=props).mid)
 
     def flush(self, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        for info in self.infos:
-            # wait_for_publish raises while paho is disconnected; is_published covers that window.
-            while not info.is_published() and time.monotonic() < deadline:
-                time.sleep(0.02)
-        assert all(i.is_published() for i in self.infos), "camera could not publish all frames"
+        """Wait until the broker has acknowledged every frame sent so far."""
+        with self._changed:
+            done = self._changed.wait_for(lambda: self._acked.issuperset(self.mids), timeout)
+        assert done, "camera could not publish all frames"
 
     def close(self) -> None:
         self.client.disconnect()
@@ -303,7 +320,8 @@ def unacknowledged(port: int, client_id: str, protocol: str = "5", wait: float =
     props = Properties(PacketTypes.CONNECT) if protocol == "5" else None
     if props is not None:
         props.SessionExpiryInterval = 3600
-    client.connect("127.0.0.1", port, clean_start=False, properties=props)
+    client.connect("127.0.0.1", port, clean_start=False if protocol == "5" else paho.MQTT_CLEAN_START_FIRST_ONLY,
+                   properties=props)
     client.loop_start()
     time.sleep(wait)  # nothing to wait on: we are checking that nothing arrives
     client.disconnect()
