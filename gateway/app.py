@@ -58,8 +58,10 @@ class Gateway:
         self.inflight = InFlight()
         self.notifier = SystemdNotifier()
         self.prefix = settings.mqtt.output_prefix
+        self.failed = False
 
     def run(self, shutdown: ShutdownRequest) -> int:
+        self.shutdown_request = shutdown
         self.startup()
         self.main_loop(shutdown)
         return self.shutdown(shutdown)
@@ -92,7 +94,8 @@ class Gateway:
                                          self.acknowledge, time.monotonic)
         self.batcher: Batcher[Frame] = Batcher(s.batching.max_batch, s.batching.max_wait_ms, s.batching.queue_capacity)
         self.stats.queue_depth = self.batcher.__len__
-        self.worker = InferenceWorker(self.bundle, self.batcher, self.publisher.batch_decided, self.stats)
+        self.worker = InferenceWorker(self.bundle, self.batcher, self.publisher.batch_decided, self.stats,
+                                      on_failure=self.fail)
         self.codec = FrameCodec(self.bundle.input_shape, s.max_payload_bytes)
         self.publisher.start()
         self.worker.start()
@@ -140,6 +143,11 @@ class Gateway:
         self.link.ack(delivery.mid, delivery.qos)
         self.inflight.done()
 
+    def fail(self) -> None:
+        """A stage cannot go on: drain what can be drained and exit non-zero."""
+        self.failed = True
+        self.shutdown_request.request()
+
     # --- main loop ------------------------------------------------------------------------
 
     def main_loop(self, shutdown: ShutdownRequest) -> None:
@@ -185,4 +193,4 @@ class Gateway:
             self.metrics_server.shutdown()
         log.info("stopped", offline_published=offline, **{k: v for k, v in self.stats.snapshot().items()
                                                          if isinstance(v, int)})
-        return 0
+        return 1 if self.failed else 0

@@ -34,11 +34,13 @@ def warm_up(bundle: Bundle, max_batch: int) -> None:
 
 
 class InferenceWorker:
-    def __init__(self, bundle: Bundle, batcher: Batcher[Frame], on_batch: BatchHandler, stats: GatewayStats) -> None:
+    def __init__(self, bundle: Bundle, batcher: Batcher[Frame], on_batch: BatchHandler, stats: GatewayStats,
+                 on_failure: Callable[[], None]) -> None:
         self.bundle = bundle
         self.batcher = batcher
         self.on_batch = on_batch
         self.stats = stats
+        self.on_failure = on_failure
         self.thread = threading.Thread(target=self.run, name="defed-inference", daemon=True)
 
     def start(self) -> None:
@@ -51,9 +53,10 @@ class InferenceWorker:
             try:
                 decided = self.decide(batch)
             except Exception:
-                # A model failure is a bug, not a frame's fault: log it and stop, leaving the
-                # frames unacknowledged so the broker redelivers them to a restarted gateway.
-                log.exception("inference failed; worker stopping", batch_size=len(batch))
+                # A model failure is a bug, not a frame's fault: stop the gateway (exit 1, so
+                # systemd restarts it), leaving the frames unacknowledged for redelivery.
+                log.exception("inference failed; stopping the gateway", batch_size=len(batch))
+                self.on_failure()
                 return
             self.on_batch(batch, decided)
         log.debug("inference worker finished")
