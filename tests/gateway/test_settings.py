@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -63,3 +65,14 @@ class TestSettings:
     def test_cli_exits_2_on_missing_config(self, tmp_path: Path) -> None:
         """A config path that does not exist is a bad input, exit 2."""
         assert main(["serve", "--config", str(tmp_path / "nope.toml")]) == 2
+
+
+class TestServeCommand:
+    def test_unknown_bundle_exits_2_naming_the_setting(self, tmp_path: Path) -> None:
+        """A model.bundle that is neither a directory nor a shipped bundle is a bad setting: exit 2."""
+        config = tmp_path / "g.toml"
+        config.write_text(f'state_dir = "{tmp_path}"\n[model]\nbundle = "{tmp_path}/nope"\n[metrics]\nlisten = ""\n')
+        done = subprocess.run([sys.executable, "-m", "gateway.cli", "serve", "--config", str(config)],
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 2
+        assert done.stderr.strip().splitlines()[-1].startswith("defed: model.bundle: cannot load")
