@@ -24,6 +24,7 @@ from defed_core.classifiers import ClassifierConfig, build_classifier
 from defed_core.denoiser import Denoiser, DenoiserConfig
 from defed_core.device import select_device
 from defed_core.ensemble import Decision, MemberOutputs, decide, member_scores, run_members
+from defed_core.fast import FastEnsemble
 
 FORMAT_VERSION = 1
 DEFAULT_BUNDLES = "bundles"
@@ -96,7 +97,8 @@ def ensure_model_input(x: Tensor | np.ndarray, input_shape: tuple[int, int, int]
 class Bundle:
     """A loaded, ready-to-run Defed ensemble (DESIGN §2)."""
 
-    def __init__(self, spec: BundleSpec, classifier: nn.Module, denoisers: list[Denoiser], device: torch.device | str = "cpu") -> None:
+    def __init__(self, spec: BundleSpec, classifier: nn.Module, denoisers: list[Denoiser],
+                 device: torch.device | str = "cpu", fast: bool = False) -> None:
         if len(denoisers) != len(spec.members) or len(spec.calibration.thresholds) != len(spec.members):
             raise BundleError("members, denoisers and thresholds differ in number")
         self.spec = spec
@@ -104,6 +106,9 @@ class Bundle:
         self.classifier = classifier.to(self.device).eval()
         self.denoisers = [d.to(self.device).eval() for d in denoisers]
         self.thresholds = torch.tensor(spec.calibration.thresholds, dtype=torch.float32, device=self.device)
+        # The fast path (defed_core.fast) computes the same outputs; the plain modules stay
+        # available as `classifier` and `denoisers` (e.g. for gradients in attacks).
+        self.fast = FastEnsemble(self.classifier, self.denoisers).to(self.device) if fast else None
 
     # --- metadata ----------------------------------------------------------------------
 
@@ -136,7 +141,7 @@ class Bundle:
     @torch.inference_mode()
     def outputs(self, x: Tensor) -> tuple[MemberOutputs, Tensor]:
         """Network outputs and scores (N, K) for prepared frames."""
-        out = run_members(self.classifier, self.denoisers, x)
+        out = self.fast(x) if self.fast is not None else run_members(self.classifier, self.denoisers, x)
         return out, member_scores(out, x, self.alpha)
 
     @torch.inference_mode()
@@ -154,7 +159,8 @@ class Bundle:
     def with_calibration(self, calibration: Calibration) -> Bundle:
         if len(calibration.thresholds) != len(self.spec.members):
             raise BundleError(f"calibration has {len(calibration.thresholds)} thresholds for {len(self.spec.members)} members")
-        return Bundle(replace(self.spec, calibration=calibration), self.classifier, self.denoisers, self.device)
+        return Bundle(replace(self.spec, calibration=calibration), self.classifier, self.denoisers, self.device,
+                      fast=self.fast is not None)
 
     # --- files -------------------------------------------------------------------------
 
@@ -191,7 +197,8 @@ class Bundle:
         return root
 
     @classmethod
-    def load(cls, path: str | Path, device: str = "auto") -> Bundle:
+    def load(cls, path: str | Path, device: str = "auto", fast: bool = True) -> Bundle:
+        """Load and verify a bundle directory; `fast=False` runs the plain modules instead."""
         root = Path(path)
         meta_path = root / "bundle.json"
         if not meta_path.is_file():
@@ -218,13 +225,12 @@ class Bundle:
             d = Denoiser(member.config)
             d.load_state_dict(read_weights(root, entry))
             denoisers.append(d)
-        return cls(spec, classifier, denoisers, select_device(device))
+        return cls(spec, classifier, denoisers, select_device(device), fast=fast)
 
     @classmethod
-    def load_default(cls, name: str = "mnist", device: str = "auto") -> Bundle:
+    def load_default(cls, name: str = "mnist", device: str = "auto", fast: bool = True) -> Bundle:
         """A bundle shipped inside the package, by name."""
-        root = default_bundle_path(name)
-        return cls.load(root, device)
+        return cls.load(default_bundle_path(name), device, fast)
 
 
 def default_bundle_path(name: str) -> Path:

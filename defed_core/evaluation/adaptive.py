@@ -52,16 +52,15 @@ class AdaptiveResult:
     labels: Tensor  # (N,) true labels
 
 
-def scores_against(classifier: nn.Module, denoisers: Sequence[nn.Module], alpha: float, x: Tensor, target: Tensor,
-                   ) -> tuple[Tensor, Tensor]:
-    """(logits (N, classes), member scores (K, N) computed with `target` as the predicted label)."""
-    logits = classifier(x)  # (N, classes)
+def member_scores_for(classifier: nn.Module, denoisers: Sequence[nn.Module], alpha: float, x: Tensor,
+                      target: Tensor) -> Tensor:
+    """Member scores (K, N) computed with `target` as the predicted label, differentiable in x."""
     denoised = torch.stack([d(x) for d in denoisers])  # (K, N, C, H, W)
     k, n = denoised.shape[:2]
     denoised_logits = classifier(denoised.flatten(0, 1))  # (K·N, classes)
     ce = F.cross_entropy(denoised_logits, target.repeat(k), reduction="none").view(k, n)  # (K, N)
     mse = (denoised - x.unsqueeze(0)).pow(2).flatten(2).mean(dim=2)  # (K, N)
-    return logits, alpha * ce + mse
+    return alpha * ce + mse
 
 
 def project(delta: Tensor, norm: str, eps: float) -> Tensor:
@@ -93,27 +92,29 @@ def defence_aware_pgd(
     # A small random start inside the ball, so the first gradient is not the one plain PGD also takes.
     delta = project((torch.rand_like(x) * 2 - 1) * spec.eps * 0.1, spec.norm, spec.eps)
     best, evaded = x.clone(), torch.zeros(len(x), dtype=torch.bool, device=device)
-    rows = torch.arange(len(x), device=device)
     for _ in tqdm(range(spec.steps + 1), desc=spec.label, leave=False, disable=not progress):
-        xa = (x + delta).clamp(0.0, 1.0).requires_grad_(True)
+        # Only images still to break are attacked: on CPU the cost is per image and step.
+        active = (~evaded).nonzero().squeeze(1)  # (A,)
+        if len(active) == 0:
+            break
+        xs, ys = x[active], y[active]
+        xa = (xs + delta[active]).clamp(0.0, 1.0).requires_grad_(True)
+        rows = torch.arange(len(active), device=device)
         with torch.enable_grad():
-            logits = classifier(xa)
+            logits = classifier(xa)  # (A, classes)
             wrong = logits.detach().clone()
-            wrong[rows, y] = float("-inf")
-            target = wrong.argmax(dim=1)  # (N,) the best wrong class now
-            logits, member = scores_against(classifier, denoisers, alpha, xa, target)
+            wrong[rows, ys] = float("-inf")
+            target = wrong.argmax(dim=1)  # (A,) the best wrong class now
+            member = member_scores_for(classifier, denoisers, alpha, xa, target)  # (K, A)
             # Exact goal check: once f(x') ≠ y its argmax is `target`, so `member` are the real scores.
-            now = (logits.argmax(dim=1) != y) & (member <= thr).all(dim=0)
-            fresh = now & ~evaded
-            best[fresh] = xa.detach()[fresh]
-            evaded = evaded | now
-            margin = logits[rows, y] - logits[rows, target]  # (N,)
+            now = (logits.argmax(dim=1) != ys) & (member <= thr).all(dim=0)
+            best[active[now]] = xa.detach()[now]
+            evaded[active[now]] = True
+            margin = logits[rows, ys] - logits[rows, target]  # (A,)
             loss = F.relu(margin + spec.kappa) + spec.weight * F.relu(member - spec.aim * thr).sum(dim=0)
             (grad,) = torch.autograd.grad(loss.sum(), xa)
-        if bool(evaded.all()):
-            break
-        delta = project(delta - spec.step_size * ascent_direction(grad, spec.norm), spec.norm, spec.eps)
-        delta = (x + delta).clamp(0.0, 1.0) - x  # stay a valid image
+        step = project(delta[active] - spec.step_size * ascent_direction(grad, spec.norm), spec.norm, spec.eps)
+        delta[active] = (xs + step).clamp(0.0, 1.0) - xs  # stay a valid image
     last = (x + delta).clamp(0.0, 1.0)
     best = torch.where(evaded.view(-1, 1, 1, 1), best, last)
     return AdaptiveResult(spec, best.detach().cpu(), evaded.cpu(), y.cpu())
