@@ -93,7 +93,7 @@ def draw_member_histograms(ev: Evaluation, summary: dict[str, Any], root: Path) 
     for i in range(benign.shape[1]):
         cols = max(1, min(4, len(families)))
         rows = max(1, -(-len(families) // cols))
-        fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 2.6 * rows), squeeze=False)
+        fig, axes = plt.subplots(rows, cols, figsize=(max(3.4 * cols, 6.0), 2.8 * rows + 0.4), squeeze=False)
         floor = max(float(np.min(benign[:, i])), 1e-6)
         everything = np.concatenate([benign[:, i], *(np.concatenate(v)[:, i] for v in families.values())])
         bins = np.logspace(np.log10(floor), np.log10(max(float(everything.max()), floor * 10)), 50)
