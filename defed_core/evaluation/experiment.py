@@ -24,7 +24,15 @@ from tqdm import tqdm
 from defed_core.bundle import Bundle
 from defed_core.data import ImageSet, to_tensor
 from defed_core.evaluation.adaptive import AdaptiveSpec, defence_aware_pgd
-from defed_core.evaluation.attacks import ATTACK_NORMS, MNIST_EPS, WHITE_BOX, AttackSpec, mnist_grid, predict_labels
+from defed_core.evaluation.attacks import (
+    ATTACK_NORMS,
+    MNIST_EPS,
+    WHITE_BOX,
+    AdversarialSet,
+    attack_until,
+    mnist_grid,
+    predict_labels,
+)
 from defed_core.evaluation.detectors import Inspection, Inspector, inspect_all
 from defed_core.evaluation.metrics import roc_auc, threshold_at_budget
 
@@ -156,27 +164,9 @@ def run_evaluation(bundle: Bundle, validation: ImageSet, test: ImageSet, detecto
     cells = []
     for spec in tqdm(mnist_grid(plan.attacks, plan.seed), desc="attack cells"):
         t0 = time.monotonic()
-        adv = attack_cell(bundle, x_test, y_test, spec, plan)
-        inspected = {d.key: inspect_all(d.inspector, adv.adversarial) for d in detectors}
-        results = {}
-        for s in screens:
-            view = s.view(inspected[s.detector])
-            flagged, final = view.decide(s.threshold)
-            ev.cell_scores.setdefault(spec.label, {})[s.key] = view.score.numpy()
-            results[s.key] = {
-                "detection_rate": float(flagged.double().mean()) if len(adv) else None,
-                "auc": roc_auc(ev.benign_scores[s.key], view.score) if len(adv) else None,
-                "adversarial_accuracy": float((final == adv.labels).double().mean()) if len(adv) else None,
-            }
-        ev.member_scores[spec.label] = inspected["defed"].parts.numpy()
-        cells.append({
-            "attack": spec.name, "label": spec.label, "norm": spec.norm, "eps": spec.eps,
-            "white_box": spec.name in WHITE_BOX, "attempted": adv.attempted, "adversarials": len(adv),
-            "success_rate": adv.success_rate,
-            "median_linf": float(adv.perturbation("linf").median()) if len(adv) else None,
-            "median_l2": float(adv.perturbation("l2").median()) if len(adv) else None,
-            "seconds": round(time.monotonic() - t0, 1), "results": results,
-        })
+        adv = attack_until(bundle.classifier, x_test, y_test, spec, plan.per_cell, num_classes=len(bundle.classes),
+                           max_attempts=plan.max_attempts)
+        cells.append({**measure_cell(adv, detectors, screens, ev), "seconds": round(time.monotonic() - t0, 1)})
     ev.summary["cells"] = cells
     seconds["attacks"] = round(sum(c["seconds"] for c in cells), 1)
 
@@ -188,11 +178,30 @@ def run_evaluation(bundle: Bundle, validation: ImageSet, test: ImageSet, detecto
     return ev
 
 
-def attack_cell(bundle: Bundle, x: Tensor, y: Tensor, spec: AttackSpec, plan: EvaluationPlan) -> Any:
-    from defed_core.evaluation.attacks import attack_until
-
-    return attack_until(bundle.classifier, x, y, spec, plan.per_cell, num_classes=len(bundle.classes),
-                        max_attempts=plan.max_attempts)
+def measure_cell(adv: AdversarialSet, detectors: list[Detector], screens: list[Screen], ev: Evaluation,
+                 ) -> dict[str, Any]:
+    """Every screen on one cell's adversarial examples; their scores are kept in `ev` for the plots."""
+    spec, some = adv.spec, len(adv) > 0
+    inspected = {d.key: inspect_all(d.inspector, adv.adversarial) for d in detectors}
+    results = {}
+    for s in screens:
+        view = s.view(inspected[s.detector])
+        flagged, final = view.decide(s.threshold)
+        ev.cell_scores.setdefault(spec.label, {})[s.key] = view.score.numpy()
+        results[s.key] = {
+            "detection_rate": float(flagged.double().mean()) if some else None,
+            "auc": roc_auc(ev.benign_scores[s.key], view.score) if some else None,
+            "adversarial_accuracy": float((final == adv.labels).double().mean()) if some else None,
+        }
+    ev.member_scores[spec.label] = inspected["defed"].parts.numpy()
+    return {
+        "attack": spec.name, "label": spec.label, "norm": spec.norm, "eps": spec.eps,
+        "white_box": spec.name in WHITE_BOX, "attempted": adv.attempted, "adversarials": len(adv),
+        "success_rate": adv.success_rate,
+        "median_linf": float(adv.perturbation("linf").median()) if some else None,
+        "median_l2": float(adv.perturbation("l2").median()) if some else None,
+        "results": results,
+    }
 
 
 def adaptive_cells(bundle: Bundle, detectors: list[Detector], screens: list[Screen], x: Tensor, y: Tensor,
