@@ -206,5 +206,10 @@ class BrokerLink:
         ))
 
     def _on_publish(self, _client: paho.Client, _userdata: object, mid: int,
-                    _reason: ReasonCode, _props: Properties) -> None:
+                    reason: ReasonCode, _props: Properties) -> None:
+        if reason.is_failure:
+            # The broker refused our result (e.g. not authorised, quota exceeded): the frame stays
+            # unacknowledged, so the broker redelivers it at our next session.
+            log.error("broker refused a result", mid=mid, reason=str(reason))
+            return
         self.tracker.delivered(mid)

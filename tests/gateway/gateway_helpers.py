@@ -137,13 +137,15 @@ class GatewayProcess:
         return self
 
     def wait_for_notify(self, state: str, timeout: float) -> None:
-        self.notify.settimeout(timeout)
+        self.notify.settimeout(0.5)  # short, to notice a gateway that exited instead
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                raise AssertionError(f"gateway exited with {self.process.returncode}; log:\n{self.log()}")
             try:
                 message = self.notify.recv(4096).decode()
             except TimeoutError:
-                break
+                continue
             if state in message.split("\n"):
                 return
         raise AssertionError(f"gateway did not send {state} within {timeout} s; log:\n{self.log()}")
@@ -259,6 +261,10 @@ class ResultListener:
 
     def wait_for_frames(self, keys: set[tuple[str, str]], timeout: float) -> bool:
         return self.wait_for(lambda s: keys <= {(p["device_id"], p["frame_id"]) for _, p in s.results()}, timeout)
+
+    def missing(self, keys: set[tuple[str, str]]) -> list[tuple[str, str]]:
+        """The keys without a result yet: for assertion messages."""
+        return sorted(keys - {(p["device_id"], p["frame_id"]) for _, p in self.results()})
 
     def close(self) -> None:
         self.client.disconnect()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -88,7 +89,7 @@ class TestStream:
             camera = Camera(broker.port)
             sent = send_stream(camera, digits)
             camera.flush()
-            assert listener.wait_for_frames(set(sent), 60), gateway.log()
+            assert listener.wait_for_frames(set(sent), 60), (listener.missing(set(sent)), gateway.log())
             assert listener.wait_for(lambda s: any(t == "defed/stats" for t, _ in s.messages), 10)
             gateway.signal(signal.SIGTERM)
             assert gateway.wait() == 0
@@ -200,6 +201,48 @@ class TestShutdown:
         assert shutting["in_flight"] == 50 and shutting["signal"] == "SIGTERM"
 
 
+    @staticmethod
+    def strand_frames(broker: PrivateBroker, listener: ResultListener, gateway: GatewayProcess,
+                      digits: np.ndarray) -> None:
+        """Five frames held in an open batch, then the broker stops: they can never be acknowledged."""
+        camera = Camera(broker.port)
+        for i, d in enumerate(digits[:5]):
+            camera.send(f"cam{i}", png(d))
+        camera.flush()
+        assert listener.wait_for(lambda s: any(t == "defed/stats" and p["received"] == 5
+                                               for t, p in s.messages), 30), gateway.log()
+        broker.stop()
+        gateway.wait_for_log("broker connection lost, reconnecting", 30)
+
+    def test_drain_without_broker_is_bounded(self, broker: PrivateBroker, listener: ResultListener,
+                                             bundles: dict[str, Path], digits: np.ndarray, tmp_path: Path) -> None:
+        """Frames that cannot be acknowledged do not hold the exit beyond drain_timeout_s; exit 0."""
+        settings = gateway_settings(tmp_path / "state", broker.port, bundles["none"], drain_timeout_s=2.0,
+                                    stats_interval_s=0.3, batching={"max_batch": 256, "max_wait_ms": 10_000})
+        with running_gateway(settings, tmp_path) as gateway:
+            self.strand_frames(broker, listener, gateway, digits)
+            started = time.monotonic()
+            gateway.signal(signal.SIGTERM)
+            assert gateway.wait(30) == 0
+            assert time.monotonic() - started < 10
+        timed_out = next(e for e in gateway.log_events() if e.get("event", "").startswith("drain timed out"))
+        assert timed_out["unacknowledged"] == 5
+        broker.start()  # for the fixtures' teardown
+
+    def test_second_sigint_forces_exit(self, broker: PrivateBroker, listener: ResultListener,
+                                       bundles: dict[str, Path], digits: np.ndarray, tmp_path: Path) -> None:
+        """A second Ctrl-C during a drain that cannot finish ends the process at once."""
+        settings = gateway_settings(tmp_path / "state", broker.port, bundles["none"], drain_timeout_s=120.0,
+                                    stats_interval_s=0.3, batching={"max_batch": 256, "max_wait_ms": 10_000})
+        with running_gateway(settings, tmp_path) as gateway:
+            self.strand_frames(broker, listener, gateway, digits)
+            gateway.signal(signal.SIGINT)
+            gateway.wait_for_log("shutting down", 30)
+            gateway.signal(signal.SIGINT)
+            assert gateway.wait(10) == -signal.SIGINT
+        broker.start()
+
+
 class TestOutages:
     def test_broker_restart_mid_stream(self, broker: PrivateBroker, listener: ResultListener,
                                        bundles: dict[str, Path], digits: np.ndarray, tmp_path: Path) -> None:
@@ -213,7 +256,7 @@ class TestOutages:
             sent |= send_stream(camera, digits[40:80], start=40)  # queued by the camera meanwhile
             broker.start()
             camera.flush(60)
-            assert listener.wait_for_frames(set(sent), 90), gateway.log()
+            assert listener.wait_for_frames(set(sent), 90), (listener.missing(set(sent)), gateway.log())
             gateway.signal(signal.SIGTERM)
             assert gateway.wait() == 0
         check_routing(listener, sent, tmp_path / "state")
@@ -240,7 +283,7 @@ class TestOutages:
         sent |= send_stream(camera, digits[60:100], start=60)  # while the gateway is down
         camera.flush()
         with running_gateway(settings, tmp_path) as second:
-            assert listener.wait_for_frames(set(sent), 90), second.log()
+            assert listener.wait_for_frames(set(sent), 90), (listener.missing(set(sent)), second.log())
             second.signal(signal.SIGTERM)
             assert second.wait() == 0
         check_routing(listener, sent, tmp_path / "state")
