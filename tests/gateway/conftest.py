@@ -8,10 +8,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from gateway_helpers import ResultListener, mnist_digits, write_bundle
+from gateway_helpers import Camera, ResultListener, mnist_digits, write_bundle
 from sqlalchemy import create_engine, text
 
 from gateway.broker import PrivateBroker
+
+
+@pytest.fixture(autouse=True)
+def close_cameras() -> Iterator[None]:
+    """No camera of one test keeps reconnecting into the next test's broker."""
+    yield
+    while Camera.open_cameras:
+        Camera.open_cameras.pop().close()
 
 
 @pytest.fixture

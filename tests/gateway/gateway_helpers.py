@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import cv2
 import numpy as np
@@ -274,7 +274,10 @@ class ResultListener:
 class Camera:
     """Publishes frames with QoS 1, like a device in the fleet; paho queues them while disconnected."""
 
+    open_cameras: ClassVar[list[Camera]] = []  # closed after every test by conftest
+
     def __init__(self, port: int) -> None:
+        Camera.open_cameras.append(self)
         self.client = mqtt_client(f"camera-{uuid.uuid4().hex[:8]}")
         self.client.max_inflight_messages_set(100)
         self.client.max_queued_messages_set(0)
