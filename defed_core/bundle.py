@@ -97,8 +97,14 @@ def ensure_model_input(x: Tensor | np.ndarray, input_shape: tuple[int, int, int]
 class Bundle:
     """A loaded, ready-to-run Defed ensemble (DESIGN §2)."""
 
-    def __init__(self, spec: BundleSpec, classifier: nn.Module, denoisers: list[Denoiser],
-                 device: torch.device | str = "cpu", fast: bool = False) -> None:
+    def __init__(
+        self,
+        spec: BundleSpec,
+        classifier: nn.Module,
+        denoisers: list[Denoiser],
+        device: torch.device | str = "cpu",
+        fast: bool = False,
+    ) -> None:
         if len(denoisers) != len(spec.members) or len(spec.calibration.thresholds) != len(spec.members):
             raise BundleError("members, denoisers and thresholds differ in number")
         self.spec = spec
@@ -158,9 +164,16 @@ class Bundle:
 
     def with_calibration(self, calibration: Calibration) -> Bundle:
         if len(calibration.thresholds) != len(self.spec.members):
-            raise BundleError(f"calibration has {len(calibration.thresholds)} thresholds for {len(self.spec.members)} members")
-        return Bundle(replace(self.spec, calibration=calibration), self.classifier, self.denoisers, self.device,
-                      fast=self.fast is not None)
+            raise BundleError(
+                f"calibration has {len(calibration.thresholds)} thresholds for {len(self.spec.members)} members"
+            )
+        return Bundle(
+            replace(self.spec, calibration=calibration),
+            self.classifier,
+            self.denoisers,
+            self.device,
+            fast=self.fast is not None,
+        )
 
     # --- files -------------------------------------------------------------------------
 
@@ -184,8 +197,11 @@ class Bundle:
             "input_shape": list(spec.input_shape),
             "classes": spec.classes,
             "alpha": spec.alpha,
-            "classifier": {**spec.classifier.to_dict(), "file": "classifier.safetensors",
-                           "sha256": digests["classifier.safetensors"]},
+            "classifier": {
+                **spec.classifier.to_dict(),
+                "file": "classifier.safetensors",
+                "sha256": digests["classifier.safetensors"],
+            },
             "members": [
                 {**m.to_dict(), "file": f"member-{i}.safetensors", "sha256": digests[f"member-{i}.safetensors"]}
                 for i, m in enumerate(spec.members)
@@ -208,10 +224,15 @@ class Bundle:
             if doc.get("format") != FORMAT_VERSION:
                 raise BundleError(f"{meta_path}: unsupported bundle format {doc.get('format')!r}")
             spec = BundleSpec(
-                name=doc["name"], version=doc["version"], input_shape=tuple(doc["input_shape"]),  # type: ignore[arg-type]
-                classes=list(doc["classes"]), classifier=ClassifierConfig.from_dict(doc["classifier"]),
-                members=[Member.from_dict(m) for m in doc["members"]], alpha=float(doc["alpha"]),
-                calibration=Calibration.from_dict(doc["calibration"]), dataset=doc.get("dataset", {}),
+                name=doc["name"],
+                version=doc["version"],
+                input_shape=(int(doc["input_shape"][0]), int(doc["input_shape"][1]), int(doc["input_shape"][2])),
+                classes=list(doc["classes"]),
+                classifier=ClassifierConfig.from_dict(doc["classifier"]),
+                members=[Member.from_dict(m) for m in doc["members"]],
+                alpha=float(doc["alpha"]),
+                calibration=Calibration.from_dict(doc["calibration"]),
+                dataset=doc.get("dataset", {}),
                 training=doc.get("training", {}),
             )
         except (KeyError, TypeError, ValueError) as exc:
@@ -221,7 +242,7 @@ class Bundle:
         classifier = build_classifier(spec.classifier)
         classifier.load_state_dict(read_weights(root, doc["classifier"]))
         denoisers = []
-        for entry, member in zip(doc["members"], spec.members):
+        for entry, member in zip(doc["members"], spec.members, strict=False):
             d = Denoiser(member.config)
             d.load_state_dict(read_weights(root, entry))
             denoisers.append(d)
@@ -248,5 +269,8 @@ def read_weights(root: Path, entry: dict[str, Any]) -> dict[str, Tensor]:
         raise BundleError(f"{path}: weight file missing")
     actual = sha256_file(path)
     if actual != entry["sha256"]:
-        raise BundleError(f"{path}: SHA-256 {actual[:16]}… does not match bundle.json ({entry['sha256'][:16]}…); refusing to load a modified weight file")
+        raise BundleError(
+            f"{path}: SHA-256 {actual[:16]}… does not match bundle.json ({entry['sha256'][:16]}…); "
+            "refusing to load a modified weight file"
+        )
     return load_file(str(path))

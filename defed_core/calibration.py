@@ -58,7 +58,9 @@ def quantile_thresholds(scores: Tensor, target_fpr: float) -> Tensor:
     return torch.quantile(scores, hi, dim=0)
 
 
-def calibrate(scores: Tensor, rule: Rule, *, k: float = 3.0, target_fpr: float = 0.01, origin: dict[str, Any] | None = None) -> Calibration:
+def calibrate(
+    scores: Tensor, rule: Rule, *, k: float = 3.0, target_fpr: float = 0.01, origin: dict[str, Any] | None = None
+) -> Calibration:
     """Thresholds from benign scores (N, K) by the chosen rule."""
     if scores.ndim != 2 or scores.shape[0] < 2:
         raise CalibrationError(f"need scores of shape (N ≥ 2, K), got {tuple(scores.shape)}")
@@ -75,7 +77,12 @@ def calibrate(scores: Tensor, rule: Rule, *, k: float = 3.0, target_fpr: float =
     else:
         raise CalibrationError(f"unknown calibration rule {rule!r}: expected mean_std or fpr")
     return Calibration(
-        rule=rule, mean=mean.tolist(), std=std.tolist(), thresholds=thresholds.tolist(),
-        images=int(scores.shape[0]), k=k if rule == "mean_std" else None,
-        target_fpr=target_fpr if rule == "fpr" else None, origin=origin or {},
+        rule=rule,
+        mean=mean.tolist(),
+        std=std.tolist(),
+        thresholds=thresholds.tolist(),
+        images=int(scores.shape[0]),
+        k=k if rule == "mean_std" else None,
+        target_fpr=target_fpr if rule == "fpr" else None,
+        origin=origin or {},
     )

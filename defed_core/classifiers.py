@@ -47,7 +47,8 @@ class LeNet5(nn.Module):
         h = torch.flatten(h, 1)  # (N, 256)
         h = self.relu(self.fc1(h))
         h = self.relu(self.fc2(h))
-        return self.fc3(h)  # (N, classes)
+        logits: Tensor = self.fc3(h)  # (N, classes)
+        return logits
 
 
 class VGGNet(nn.Module):
@@ -69,7 +70,8 @@ class VGGNet(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         h = self.features(x)  # (N, 128, 1, 1) for 32×32 inputs
-        return self.classifier(torch.flatten(h, 1))  # (N, classes)
+        logits: Tensor = self.classifier(torch.flatten(h, 1))  # (N, classes)
+        return logits
 
 
 def build_classifier(config: ClassifierConfig) -> nn.Module:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import itertools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,7 +73,7 @@ class ValidationSplit:
     def record(self) -> dict[str, object]:
         """What a bundle records so the split can be checked and re-made."""
         digest = hashlib.sha256(np.sort(self.indices).astype(np.int64).tobytes()).hexdigest()
-        return {"seed": self.seed, "size": int(len(self.indices)), "indices_sha256": digest}
+        return {"seed": self.seed, "size": len(self.indices), "indices_sha256": digest}
 
 
 def split_validation(train: ImageSet, size: int, seed: int) -> ValidationSplit:
@@ -109,7 +110,7 @@ def load_mnist_npz(path: Path) -> Splits:
 def decode_jpeg_blob(blob: np.ndarray, offsets: np.ndarray) -> np.ndarray:
     """Decode concatenated JPEG files (image i is blob[off[i]:off[i+1]]) into RGB uint8."""
     out = []
-    for a, b in zip(offsets[:-1], offsets[1:]):
+    for a, b in itertools.pairwise(offsets):
         bgr = cv2.imdecode(blob[a:b], cv2.IMREAD_COLOR)
         if bgr is None:
             raise DatasetError(f"undecodable JPEG at bytes {a}..{b}")
@@ -149,6 +150,7 @@ def find_idx(root: Path, stem: str) -> Path:
 
 def load_mnist_idx(root: Path) -> Splits:
     """A folder with the four standard MNIST IDX files (gzipped or not)."""
+
     def part(images: str, labels: str) -> ImageSet:
         x = read_idx(find_idx(root, images))
         y = read_idx(find_idx(root, labels)).astype(np.int64)
@@ -168,11 +170,14 @@ def read_image(path: Path, channels: int, size: tuple[int, int]) -> np.ndarray:
     return fit_image(img, (channels, *size))
 
 
-def load_image_folder(root: Path, channels: int = 3, size: tuple[int, int] = (32, 32), test_fraction: float = 0.2, seed: int = 0) -> Splits:
+def load_image_folder(
+    root: Path, channels: int = 3, size: tuple[int, int] = (32, 32), test_fraction: float = 0.2, seed: int = 0
+) -> Splits:
     """`root/<class>/*.png|jpg…`, classes in sorted order; `root/train` and `root/test` if present.
 
     Without train/test subfolders, a seeded `test_fraction` of the images becomes the test split.
     """
+
     def read_tree(tree: Path, classes: list[str] | None = None) -> ImageSet:
         names = classes or sorted(p.name for p in tree.iterdir() if p.is_dir())
         images, labels = [], []

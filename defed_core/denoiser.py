@@ -19,10 +19,10 @@ three skip stacks.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
-import torch
 from torch import Tensor, nn
 
 from defed_core.filters import EdgeOperator, GaussianBlur, edge_operator
@@ -57,9 +57,7 @@ class EFEBlock(nn.Module):
     With `edge_features=False` only the identity branch remains (the BaseNet ablation).
     """
 
-    def __init__(
-        self, channels: int, edge: EdgeOperator, *, decoder: bool, edge_features: bool = True
-    ) -> None:
+    def __init__(self, channels: int, edge: EdgeOperator, *, decoder: bool, edge_features: bool = True) -> None:
         super().__init__()
         conv3x3 = nn.ConvTranspose2d if decoder else nn.Conv2d
 
@@ -70,16 +68,17 @@ class EFEBlock(nn.Module):
         if edge_features:
             self.blur = GaussianBlur(sigma=1.0)
             self.edge = edge_operator(edge)
-            self.blurConv = branch()  # noqa: N815 — the reference implementation's key names
-            self.edgeConv = branch()  # noqa: N815
-        self.orignConv = branch()  # noqa: N815
+            self.blurConv = branch()
+            self.edgeConv = branch()
+        self.orignConv = branch()
         self.conv = nn.Conv2d(channels, channels, 1)
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.orignConv(x)
         if self.edge_features:
             out = out + self.blurConv(self.blur(x)) + self.edgeConv(self.edge(x))
-        return self.conv(out)
+        mixed: Tensor = self.conv(out)
+        return mixed
 
 
 class SkipStack(nn.Module):
@@ -88,12 +87,11 @@ class SkipStack(nn.Module):
     def __init__(self, in_channels: int, mid_channels: int, out_channels: int, depth: int) -> None:
         super().__init__()
         widths = [in_channels] + [mid_channels] * (depth - 1) + [out_channels]
-        self.layers = nn.Sequential(
-            *(nn.Conv2d(a, b, 3, stride=1, padding=1) for a, b in zip(widths, widths[1:]))
-        )
+        self.layers = nn.Sequential(*(nn.Conv2d(a, b, 3, stride=1, padding=1) for a, b in itertools.pairwise(widths)))
 
     def forward(self, x: Tensor) -> Tensor:
-        return x + self.layers(x)
+        residual: Tensor = self.layers(x)
+        return x + residual
 
 
 class Denoiser(nn.Module):
@@ -141,7 +139,7 @@ class Denoiser(nn.Module):
         h = self.de_efe_1(self.up1(h))  # (N, 16, H, W)
         if s2 is not None:
             h = h + s2
-        out = self.tail(h)  # (N, C, H, W)
+        out: Tensor = self.tail(h)  # (N, C, H, W)
         if self.has_skips:
             out = out + self.skip1(x)
         return out.clamp(0.0, 1.0)
@@ -153,6 +151,3 @@ def count_parameters(module: nn.Module) -> int:
 
 def build_denoiser(config: DenoiserConfig) -> Denoiser:
     return Denoiser(config)
-
-
-

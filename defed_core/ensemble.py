@@ -11,6 +11,7 @@ f(D_i(x)) over the members that flagged it (the recovered label).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -30,8 +31,19 @@ class Decision:
     member_flags: Tensor  # (N, K) bool
 
     def to(self, device: torch.device | str) -> Decision:
-        return Decision(*(t.to(device) for t in (self.label, self.original_label, self.adversarial,
-                                                 self.confidence, self.scores, self.member_flags)))
+        return Decision(
+            *(
+                t.to(device)
+                for t in (
+                    self.label,
+                    self.original_label,
+                    self.adversarial,
+                    self.confidence,
+                    self.scores,
+                    self.member_flags,
+                )
+            )
+        )
 
     def __len__(self) -> int:
         return int(self.label.shape[0])
@@ -46,7 +58,7 @@ class MemberOutputs:
     denoised_logits: Tensor  # (K, N, classes): f(D_i(x))
 
 
-def run_members(classifier: nn.Module, denoisers: list[nn.Module], x: Tensor) -> MemberOutputs:
+def run_members(classifier: nn.Module, denoisers: Sequence[nn.Module], x: Tensor) -> MemberOutputs:
     """Classifier on x once, each denoiser once, then the classifier on all K outputs in one call."""
     logits = classifier(x)  # (N, classes)
     denoised = torch.stack([d(x) for d in denoisers])  # (K, N, C, H, W)

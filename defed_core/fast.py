@@ -17,6 +17,7 @@ Three exact rewrites (up to float rounding):
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -27,15 +28,16 @@ from defed_core.ensemble import MemberOutputs
 def fold_batchnorm(conv: nn.Conv2d | nn.ConvTranspose2d, bn: nn.BatchNorm2d) -> nn.Conv2d | nn.ConvTranspose2d:
     """A copy of `conv` whose output equals bn(conv(x)) with bn's running statistics."""
     fused = copy.deepcopy(conv)
+    if bn.running_var is None or bn.running_mean is None:
+        raise ValueError("cannot fold a BatchNorm without running statistics")
     scale = bn.weight.detach() / torch.sqrt(bn.running_var + bn.eps)  # (out,)
     shift = bn.bias.detach() - bn.running_mean * scale
     w = conv.weight.detach()
     if conv.groups != 1:
         raise ValueError("fold BatchNorm before grouping convolutions")
-    if isinstance(conv, nn.ConvTranspose2d):
-        w = w * scale.view(1, -1, 1, 1)  # transposed weights are (in, out, kh, kw)
-    else:
-        w = w * scale.view(-1, 1, 1, 1)  # (out, in, kh, kw)
+    # Conv2d weights are (out, in, kh, kw); transposed ones (in, out, kh, kw).
+    out_axis = (1, -1, 1, 1) if isinstance(conv, nn.ConvTranspose2d) else (-1, 1, 1, 1)
+    w = w * scale.view(out_axis)
     bias = conv.bias.detach() if conv.bias is not None else torch.zeros_like(shift)
     fused.weight = nn.Parameter(w)
     fused.bias = nn.Parameter(bias * scale + shift)
@@ -58,26 +60,27 @@ def fold_all_batchnorms(module: nn.Module) -> nn.Module:
 def group_conv(convs: list[nn.Module]) -> nn.Module:
     """K convolutions of one shape → one with groups = K over the members' channels side by side."""
     first = convs[0]
-    assert isinstance(first, nn.Conv2d | nn.ConvTranspose2d) and first.groups == 1
+    if not isinstance(first, nn.Conv2d | nn.ConvTranspose2d) or first.groups != 1:
+        raise ValueError(f"cannot group {type(first).__name__}")
     k = len(convs)
-    cls = type(first)
-    grouped = cls(first.in_channels * k, first.out_channels * k, first.kernel_size, stride=first.stride,  # type: ignore[arg-type]
-                  padding=first.padding, groups=k, bias=first.bias is not None)  # type: ignore[arg-type]
+    # A copy keeps kernel size, stride and padding; only widths, groups and weights change.
+    grouped = copy.deepcopy(first)
+    grouped.in_channels, grouped.out_channels, grouped.groups = first.in_channels * k, first.out_channels * k, k
     # Conv2d weights (out, in, …) and ConvTranspose2d weights (in, out, …) both stack on axis 0.
-    grouped.weight = nn.Parameter(torch.cat([c.weight.detach() for c in convs]))  # type: ignore[union-attr]
+    grouped.weight = nn.Parameter(torch.cat([c.get_parameter("weight").detach() for c in convs]))
     if first.bias is not None:
-        grouped.bias = nn.Parameter(torch.cat([c.bias.detach() for c in convs]))  # type: ignore[union-attr]
+        grouped.bias = nn.Parameter(torch.cat([c.get_parameter("bias").detach() for c in convs]))
     return grouped
 
 
-def group_prelu(prelus: list[nn.PReLU], channels: int) -> nn.PReLU:
+def group_prelu(prelus: list[nn.Module], channels: int) -> nn.PReLU:
     """K single-slope PReLUs → one per-channel PReLU over K·channels."""
     out = nn.PReLU(num_parameters=channels * len(prelus))
-    out.weight = nn.Parameter(torch.cat([p.weight.detach().expand(channels) for p in prelus]))
+    out.weight = nn.Parameter(torch.cat([p.get_parameter("weight").detach().expand(channels) for p in prelus]))
     return out
 
 
-def stack_denoisers(denoisers: list[nn.Module]) -> nn.Module:
+def stack_denoisers(denoisers: Sequence[nn.Module]) -> nn.Module:
     """One network computing all K denoisers: input (N, K·C, H, W) → output (N, K·C, H, W)."""
     folded = [fold_all_batchnorms(copy.deepcopy(d)).eval() for d in denoisers]
     stacked = copy.deepcopy(folded[0])
@@ -89,7 +92,7 @@ def stack_denoisers(denoisers: list[nn.Module]) -> nn.Module:
             last_channels = module.out_channels
         elif isinstance(module, nn.PReLU):
             # Every PReLU of the Defed network follows a conv (and its folded BN).
-            replacement = group_prelu([m[name] for m in modules], last_channels)  # type: ignore[misc]
+            replacement = group_prelu([m[name] for m in modules], last_channels)
         else:
             continue
         parent_name, _, attr = name.rpartition(".")
@@ -101,7 +104,7 @@ def stack_denoisers(denoisers: list[nn.Module]) -> nn.Module:
 class FastEnsemble(nn.Module):
     """The networks of a bundle, rewritten for speed; same outputs as `run_members`."""
 
-    def __init__(self, classifier: nn.Module, denoisers: list[nn.Module]) -> None:
+    def __init__(self, classifier: nn.Module, denoisers: Sequence[nn.Module]) -> None:
         super().__init__()
         self.k = len(denoisers)
         self.classifier = fold_all_batchnorms(copy.deepcopy(classifier)).eval()

@@ -32,7 +32,9 @@ def load_splits(data: str | Path, preset: Preset) -> tuple[Splits, ValidationSpl
     c, h, w = preset.input_shape
     splits = load_dataset(data, channels=c, size=(h, w))
     if splits.train.shape != preset.input_shape:
-        raise ValueError(f"{data}: images are {splits.train.shape}, preset {preset.name!r} expects {preset.input_shape}")
+        raise ValueError(
+            f"{data}: images are {splits.train.shape}, preset {preset.name!r} expects {preset.input_shape}"
+        )
     return splits, split_validation(splits.train, preset.validation_size, preset.seed)
 
 
@@ -54,18 +56,32 @@ def calibrate_bundle(bundle: Bundle, validation: ValidationSplit, rule: Rule, k:
 
 
 def assemble(
-    name: str, version: str, classifier_config: ClassifierConfig, classifier: nn.Module,
-    members: list[tuple[float, Denoiser]], alpha: float, classes: list[str],
-    dataset: dict[str, Any], training: dict[str, Any], device: torch.device,
+    name: str,
+    version: str,
+    classifier_config: ClassifierConfig,
+    classifier: nn.Module,
+    members: list[tuple[float, Denoiser]],
+    alpha: float,
+    classes: list[str],
+    dataset: dict[str, Any],
+    training: dict[str, Any],
+    device: torch.device,
 ) -> Bundle:
     """An uncalibrated bundle (thresholds +inf) ready for `calibrate_bundle`."""
     k = len(members)
     placeholder = Calibration("mean_std", [0.0] * k, [0.0] * k, [float("inf")] * k, 0)
     shape = (members[0][1].config.channels, *dataset["image_size"])
     spec = BundleSpec(
-        name=name, version=version, input_shape=shape, classes=classes, classifier=classifier_config,
-        members=[Member(sigma, d.config) for sigma, d in members], alpha=alpha, calibration=placeholder,
-        dataset=dataset, training=training,
+        name=name,
+        version=version,
+        input_shape=shape,
+        classes=classes,
+        classifier=classifier_config,
+        members=[Member(sigma, d.config) for sigma, d in members],
+        alpha=alpha,
+        calibration=placeholder,
+        dataset=dataset,
+        training=training,
     )
     return Bundle(spec, classifier, [d for _, d in members], device)
 
@@ -81,7 +97,11 @@ def dataset_record(data: str | Path, splits: Splits, validation: ValidationSplit
 
 
 def train_bundle(
-    preset: Preset, data: str | Path, out: str | Path, checkpoints: str | Path, device: torch.device,
+    preset: Preset,
+    data: str | Path,
+    out: str | Path,
+    checkpoints: str | Path,
+    device: torch.device,
     classifier: nn.Module | None = None,
 ) -> tuple[Bundle, dict[str, Any]]:
     """Classifier, K denoisers, calibration on the validation split; the bundle saved to `out`.
@@ -93,13 +113,26 @@ def train_bundle(
     ckpt_dir = Path(checkpoints)
     splits, validation = load_splits(data, preset)
     if classifier is None:
-        classifier = train_classifier(preset.classifier, preset.classifier_training, validation.train,
-                                      validation.validation, ckpt_dir / "classifier.pt", device)
+        classifier = train_classifier(
+            preset.classifier,
+            preset.classifier_training,
+            validation.train,
+            validation.validation,
+            ckpt_dir / "classifier.pt",
+            device,
+        )
     members = []
     for sigma in preset.sigmas:
         config = DenoiserConfig(preset.input_shape[0], preset.edge, preset.architecture)
-        denoiser = train_denoiser(config, preset.denoiser_training(sigma), classifier, validation.train,
-                                  validation.validation, ckpt_dir / f"denoiser-sigma{sigma:g}.pt", device)
+        denoiser = train_denoiser(
+            config,
+            preset.denoiser_training(sigma),
+            classifier,
+            validation.train,
+            validation.validation,
+            ckpt_dir / f"denoiser-sigma{sigma:g}.pt",
+            device,
+        )
         members.append((sigma, denoiser))
     training = {
         "preset": preset.name,
@@ -108,16 +141,30 @@ def train_bundle(
         "torch": torch.__version__,
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
     }
-    bundle = assemble(preset.name, preset.version, preset.classifier, classifier, members, preset.alpha,
-                      splits.train.classes, dataset_record(data, splits, validation), training, device)
+    bundle = assemble(
+        preset.name,
+        preset.version,
+        preset.classifier,
+        classifier,
+        members,
+        preset.score_alpha,
+        splits.train.classes,
+        dataset_record(data, splits, validation),
+        training,
+        device,
+    )
     bundle = calibrate_bundle(bundle, validation, preset.rule, preset.k, preset.target_fpr)
     summary = {
         "validation_accuracy": accuracy(bundle.classifier, validation.validation, device),
         "test_accuracy": accuracy(bundle.classifier, splits.test, device),
         "seconds": round(time.monotonic() - started, 1),
     }
-    bundle = Bundle(replace(bundle.spec, training={**bundle.spec.training, "summary": summary}),
-                    bundle.classifier, bundle.denoisers, bundle.device)
+    bundle = Bundle(
+        replace(bundle.spec, training={**bundle.spec.training, "summary": summary}),
+        bundle.classifier,
+        bundle.denoisers,
+        bundle.device,
+    )
     bundle.save(out)
     return bundle, summary
 

@@ -26,7 +26,8 @@ class Preset:
     edge: EdgeOperator
     denoiser_epochs: int
     denoiser_images_per_epoch: int | None
-    alpha: float = 1.0
+    alpha: float = 1.0  # weight of the CE term in the denoisers' training loss
+    score_alpha: float = 1.0  # weight of the CE term in the members' scores (bundle.json "alpha")
     architecture: Architecture = "defed"
     validation_size: int = 5000
     seed: int = 0
@@ -37,8 +38,11 @@ class Preset:
 
     def denoiser_training(self, sigma: float) -> DenoiserTraining:
         return DenoiserTraining(
-            sigma=sigma, epochs=self.denoiser_epochs, alpha=self.alpha,
-            images_per_epoch=self.denoiser_images_per_epoch, seed=self.seed,
+            sigma=sigma,
+            epochs=self.denoiser_epochs,
+            alpha=self.alpha,
+            images_per_epoch=self.denoiser_images_per_epoch,
+            seed=self.seed,
         )
 
 
@@ -49,10 +53,11 @@ PRESETS: dict[str, Preset] = {
         input_shape=(1, 28, 28),
         classifier=ClassifierConfig("lenet5", 1, 10),
         classifier_training=ClassifierTraining(epochs=30, lr=2e-3, shift=0),
-        sigmas=(20.0, 80.0),
+        sigmas=(20.0, 60.0),
         edge="laplacian",
-        denoiser_epochs=4,
-        denoiser_images_per_epoch=20_000,
+        denoiser_epochs=3,
+        denoiser_images_per_epoch=None,
+        score_alpha=0.01,
         rule="fpr",
         target_fpr=0.01,
     ),

@@ -31,8 +31,14 @@ def untrained_bundle(
     classifier = build_classifier(classifier_config)
     provisional = calibrate(torch.zeros(2, len(members)) + torch.tensor([[0.0], [1.0]]), "mean_std")
     spec = BundleSpec(
-        name="untrained", version="0.0.0", input_shape=input_shape, classes=[str(i) for i in range(10)],
-        classifier=classifier_config, members=members, alpha=1.0, calibration=provisional,
+        name="untrained",
+        version="0.0.0",
+        input_shape=input_shape,
+        classes=[str(i) for i in range(10)],
+        classifier=classifier_config,
+        members=members,
+        alpha=1.0,
+        calibration=provisional,
     )
     bundle = Bundle(spec, classifier, denoisers, "cpu")
     benign = torch.rand(64, *input_shape, generator=torch.Generator().manual_seed(seed))

@@ -48,7 +48,9 @@ class DenoiserTraining:
     seed: int = 0
 
 
-def batches(images: ImageSet, batch_size: int, rng: np.random.Generator | None, limit: int | None = None) -> Iterator[tuple[Tensor, Tensor]]:
+def batches(
+    images: ImageSet, batch_size: int, rng: np.random.Generator | None, limit: int | None = None
+) -> Iterator[tuple[Tensor, Tensor]]:
     """Float (B, C, H, W) batches with labels, shuffled when rng is given."""
     order = rng.permutation(len(images)) if rng is not None else np.arange(len(images))
     order = order[:limit] if limit else order
@@ -60,7 +62,7 @@ def batches(images: ImageSet, batch_size: int, rng: np.random.Generator | None, 
 def augment(x: Tensor, shift: int, flip: bool, gen: torch.Generator) -> Tensor:
     """Random translation by up to `shift` pixels (zero fill) and optional horizontal flips."""
     if shift:
-        n, _, h, w = x.shape
+        _n, _, h, w = x.shape
         padded = F.pad(x, (shift, shift, shift, shift))
         dy, dx = torch.randint(0, 2 * shift + 1, (2,), generator=gen).tolist()
         x = padded[:, :, dy : dy + h, dx : dx + w]
@@ -70,7 +72,9 @@ def augment(x: Tensor, shift: int, flip: bool, gen: torch.Generator) -> Tensor:
     return x
 
 
-def resume(path: Path, kind: ModelKind, model_config: dict[str, Any], train_config: dict[str, Any]) -> Checkpoint | None:
+def resume(
+    path: Path, kind: ModelKind, model_config: dict[str, Any], train_config: dict[str, Any]
+) -> Checkpoint | None:
     """The checkpoint to continue from, or None to start afresh."""
     if not path.exists():
         return None
@@ -93,8 +97,12 @@ def accuracy(classifier: nn.Module, images: ImageSet, device: torch.device, batc
 
 
 def train_classifier(
-    config: ClassifierConfig, training: ClassifierTraining, train: ImageSet, validation: ImageSet,
-    checkpoint: Path, device: torch.device,
+    config: ClassifierConfig,
+    training: ClassifierTraining,
+    train: ImageSet,
+    validation: ImageSet,
+    checkpoint: Path,
+    device: torch.device,
 ) -> nn.Module:
     """Cross-entropy training with Adam and a cosine learning-rate schedule."""
     torch.manual_seed(training.seed)  # the initial weights, so a run is repeatable
@@ -112,13 +120,17 @@ def train_classifier(
         model.train()
         rng = np.random.default_rng(training.seed + epoch)
         gen = torch.Generator().manual_seed(training.seed + epoch)
-        bar = tqdm(batches(train, training.batch_size, rng), total=-(-len(train) // training.batch_size),
-                   desc=f"classifier epoch {epoch + 1}/{training.epochs}", leave=False)
+        bar = tqdm(
+            batches(train, training.batch_size, rng),
+            total=-(-len(train) // training.batch_size),
+            desc=f"classifier epoch {epoch + 1}/{training.epochs}",
+            leave=False,
+        )
         for x, y in bar:
             x = augment(x, training.shift, training.flip, gen).to(device)
             loss = F.cross_entropy(model(x), y.to(device))
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call]  # torch does not annotate backward
             opt.step()
             bar.set_postfix(loss=f"{loss.item():.4f}")
         sched.step()
@@ -142,14 +154,23 @@ def add_noise(x: Tensor, sigma: float, gen: torch.Generator | None = None) -> Te
     return (x + noise * (sigma / 255.0)).clamp(0.0, 1.0)
 
 
-def denoiser_loss(denoiser: nn.Module, classifier: nn.Module, x: Tensor, y: Tensor, noisy: Tensor, alpha: float) -> Tensor:
+def denoiser_loss(
+    denoiser: nn.Module, classifier: nn.Module, x: Tensor, y: Tensor, noisy: Tensor, alpha: float
+) -> Tensor:
     """alpha · CE(f(D(x̃)), y) + MSE(D(x̃), x), the classifier frozen."""
     out = denoiser(noisy)
     return alpha * F.cross_entropy(classifier(out), y) + F.mse_loss(out, x)
 
 
 @torch.no_grad()
-def denoiser_validation_loss(denoiser: nn.Module, classifier: nn.Module, validation: ImageSet, training: DenoiserTraining, device: torch.device, limit: int = 2000) -> float:
+def denoiser_validation_loss(
+    denoiser: nn.Module,
+    classifier: nn.Module,
+    validation: ImageSet,
+    training: DenoiserTraining,
+    device: torch.device,
+    limit: int = 2000,
+) -> float:
     denoiser.eval()
     gen = torch.Generator().manual_seed(training.seed)
     total, count = 0.0, 0
@@ -162,8 +183,13 @@ def denoiser_validation_loss(denoiser: nn.Module, classifier: nn.Module, validat
 
 
 def train_denoiser(
-    config: DenoiserConfig, training: DenoiserTraining, classifier: nn.Module, train: ImageSet,
-    validation: ImageSet, checkpoint: Path, device: torch.device,
+    config: DenoiserConfig,
+    training: DenoiserTraining,
+    classifier: nn.Module,
+    train: ImageSet,
+    validation: ImageSet,
+    checkpoint: Path,
+    device: torch.device,
 ) -> Denoiser:
     """Train one denoiser at noise level σ against the frozen classifier."""
     classifier = classifier.to(device).eval()
@@ -183,13 +209,17 @@ def train_denoiser(
         model.train()
         rng = np.random.default_rng(training.seed + epoch)
         gen = torch.Generator().manual_seed(training.seed + epoch)
-        bar = tqdm(batches(train, training.batch_size, rng, per_epoch), total=-(-per_epoch // training.batch_size),
-                   desc=f"denoiser σ={training.sigma:g} epoch {epoch + 1}/{training.epochs}", leave=False)
+        bar = tqdm(
+            batches(train, training.batch_size, rng, per_epoch),
+            total=-(-per_epoch // training.batch_size),
+            desc=f"denoiser σ={training.sigma:g} epoch {epoch + 1}/{training.epochs}",
+            leave=False,
+        )
         for x, y in bar:
             x, y = x.to(device), y.to(device)
             loss = denoiser_loss(model, classifier, x, y, add_noise(x, training.sigma, gen), training.alpha)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call]  # torch does not annotate backward
             opt.step()
             bar.set_postfix(loss=f"{loss.item():.4f}")
         val_loss = denoiser_validation_loss(model, classifier, validation, training, device)

@@ -23,8 +23,11 @@ from defed_core.data import load_dataset, to_tensor
 from defed_core.pipeline import benign_scores, seeded_indices
 from defed_core.training import accuracy
 
-ATTACKS = [AttackSpec("fgsm", 0.3), AttackSpec("pgd-linf", 0.3, steps=40, step_size=0.01),
-           AttackSpec("pgd-l2", 2.0, steps=40, step_size=0.1)]
+ATTACKS = [
+    AttackSpec("fgsm", 0.3),
+    AttackSpec("pgd-linf", 0.3, steps=40, step_size=0.01),
+    AttackSpec("pgd-l2", 2.0, steps=40, step_size=0.1),
+]
 
 
 def main() -> None:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-import torch.nn.functional as F  # noqa: N812 — the name every PyTorch reader expects
+import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 

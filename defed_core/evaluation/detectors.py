@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F  # noqa: N812 — the name every PyTorch reader expects
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from defed_core.ensemble import member_scores, run_members

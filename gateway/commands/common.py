@@ -16,15 +16,24 @@ from defed_core.presets import PRESETS
 from gateway.errors import INPUT_ERRORS, UserError
 
 preset_option = click.option(
-    "--preset", type=click.Choice(sorted(PRESETS)), default="mnist", show_default=True,
+    "--preset",
+    type=click.Choice(sorted(PRESETS)),
+    default="mnist",
+    show_default=True,
     help="Training recipe (input shape, networks, σ values, calibration rule).",
 )
 device_option = click.option(
-    "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+    "--device",
+    type=click.Choice(["auto", "cpu", "cuda"]),
+    default="auto",
+    show_default=True,
     help="Where to run: CUDA when present with auto.",
 )
 bundle_option = click.option(
-    "--bundle", "bundle_ref", default="mnist", show_default=True,
+    "--bundle",
+    "bundle_ref",
+    default="mnist",
+    show_default=True,
     help="A shipped bundle's name or a bundle directory.",
 )
 

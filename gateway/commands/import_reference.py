@@ -15,8 +15,12 @@ from gateway.commands.common import device_option, guard
 
 
 @click.command("import-reference")
-@click.option("--reference-dir", required=True, type=click.Path(exists=True, file_okay=False),
-              help="Folder holding classifier/<dataset>/ and Defed/<dataset>/ as the reference code saves them.")
+@click.option(
+    "--reference-dir",
+    required=True,
+    type=click.Path(exists=True, file_okay=False),
+    help="Folder holding classifier/<dataset>/ and Defed/<dataset>/ as the reference code saves them.",
+)
 @click.option("--dataset", type=click.Choice(sorted(REFERENCE_DATASETS)), default="mnist", show_default=True)
 @click.option("--edge", type=click.Choice(["laplacian", "sobel"]), default="laplacian", show_default=True)
 @click.option("--sigmas", required=True, help="Comma-separated noise levels of the members, e.g. 20,40.")
@@ -28,8 +32,20 @@ from gateway.commands.common import device_option, guard
 @click.option("--validation-size", type=int, default=5000, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @device_option
-def import_reference(reference_dir: str, dataset: str, edge: str, sigmas: str, data: str, out: str, rule: str,
-                     k: float, target_fpr: float, validation_size: int, seed: int, device: str) -> None:
+def import_reference(
+    reference_dir: str,
+    dataset: str,
+    edge: str,
+    sigmas: str,
+    data: str,
+    out: str,
+    rule: str,
+    k: float,
+    target_fpr: float,
+    validation_size: int,
+    seed: int,
+    device: str,
+) -> None:
     """Turn reference checkpoints into a calibrated bundle.
 
     Reads DIR/classifier/mnist/mnist-classifier.pth and
@@ -53,9 +69,18 @@ def import_reference(reference_dir: str, dataset: str, edge: str, sigmas: str, d
         if splits.train.shape != preset.input_shape:
             raise DatasetError(f"{data}: images are {splits.train.shape}, {dataset} needs {preset.input_shape}")
         validation = split_validation(splits.train, validation_size, seed)
-        bundle = assemble(f"{dataset}-reference", "1.0.0", preset.classifier, classifier, members, 1.0,
-                          splits.train.classes, dataset_record(data, splits, validation),
-                          {"imported_from": str(root), "edge": edge}, dev)
+        bundle = assemble(
+            f"{dataset}-reference",
+            "1.0.0",
+            preset.classifier,
+            classifier,
+            members,
+            1.0,
+            splits.train.classes,
+            dataset_record(data, splits, validation),
+            {"imported_from": str(root), "edge": edge},
+            dev,
+        )
         calibrated = calibrate_bundle(bundle, validation, rule, k, target_fpr)  # type: ignore[arg-type]
         calibrated.save(out)
     click.echo(f"imported {len(levels)} members into {out}")

@@ -29,8 +29,11 @@ def predict(bundle_ref: str, images: tuple[str, ...], as_json: bool, device: str
         decision = bundle.predict(batch)
     for i, path in enumerate(images):
         row = {
-            "image": path, "label": int(decision.label[i]), "class": bundle.classes[int(decision.label[i])],
-            "adversarial": bool(decision.adversarial[i]), "original_label": int(decision.original_label[i]),
+            "image": path,
+            "label": int(decision.label[i]),
+            "class": bundle.classes[int(decision.label[i])],
+            "adversarial": bool(decision.adversarial[i]),
+            "original_label": int(decision.original_label[i]),
             "confidence": round(float(decision.confidence[i]), 4),
             "scores": [round(float(s), 5) for s in decision.scores[i]],
         }

@@ -26,26 +26,32 @@ def train() -> None:
 
 @train.command("bundle")
 @preset_option
-@click.option("--data", required=True, type=click.Path(exists=True), help="Dataset file or folder (see docs/training.md).")
+@click.option(
+    "--data", required=True, type=click.Path(exists=True), help="Dataset file or folder (see docs/training.md)."
+)
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Bundle directory to write.")
 @click.option("--checkpoints", type=click.Path(file_okay=False), help="Checkpoint folder [default: OUT.checkpoints].")
 @click.option("--classifier-from", help="Protect this bundle's classifier (name or directory) instead of training one.")
 @device_option
-def train_bundle_cmd(preset: str, data: str, out: str, checkpoints: str | None, classifier_from: str | None,
-                     device: str) -> None:
+def train_bundle_cmd(
+    preset: str, data: str, out: str, checkpoints: str | None, classifier_from: str | None, device: str
+) -> None:
     """Classifier, K denoisers and calibration: the whole job, from a named preset."""
     with guard():
         recipe = get_preset(preset)
         classifier = load_bundle(classifier_from, "cpu").classifier if classifier_from else None
-        _, summary = train_bundle(recipe, data, out, checkpoints or f"{out}.checkpoints", select_device(device),
-                                  classifier)
+        _, summary = train_bundle(
+            recipe, data, out, checkpoints or f"{out}.checkpoints", select_device(device), classifier
+        )
     click.echo(f"bundle written to {out}: {json.dumps(summary)}")
 
 
 @train.command("classifier")
 @preset_option
 @click.option("--data", required=True, type=click.Path(exists=True))
-@click.option("--checkpoint", required=True, type=click.Path(dir_okay=False), help="Checkpoint file (resumed if present).")
+@click.option(
+    "--checkpoint", required=True, type=click.Path(dir_okay=False), help="Checkpoint file (resumed if present)."
+)
 @click.option("--epochs", type=int, help="Override the preset's number of epochs.")
 @device_option
 def train_classifier_cmd(preset: str, data: str, checkpoint: str, epochs: int | None, device: str) -> None:
@@ -57,15 +63,22 @@ def train_classifier_cmd(preset: str, data: str, checkpoint: str, epochs: int | 
             training = ClassifierTraining(**{**training.__dict__, "epochs": epochs})
         splits, validation = load_splits(data, recipe)
         dev = select_device(device)
-        model = train_classifier(recipe.classifier, training, validation.train, validation.validation, Path(checkpoint), dev)
+        model = train_classifier(
+            recipe.classifier, training, validation.train, validation.validation, Path(checkpoint), dev
+        )
         click.echo(f"test accuracy {accuracy(model, splits.test, dev):.4f}")
 
 
 @train.command("denoiser")
 @preset_option
 @click.option("--data", required=True, type=click.Path(exists=True))
-@click.option("--classifier", "classifier_ckpt", required=True, type=click.Path(exists=True, dir_okay=False),
-              help="Classifier checkpoint (from `defed train classifier`).")
+@click.option(
+    "--classifier",
+    "classifier_ckpt",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="Classifier checkpoint (from `defed train classifier`).",
+)
 @click.option("--sigma", required=True, type=float, help="Training noise level σ on the 0–255 scale.")
 @click.option("--edge", type=click.Choice(["laplacian", "sobel"]), default="laplacian", show_default=True)
 @click.option("--architecture", type=click.Choice(["defed", "basenet"]), default="defed", show_default=True)
@@ -74,8 +87,19 @@ def train_classifier_cmd(preset: str, data: str, checkpoint: str, epochs: int | 
 @click.option("--alpha", type=float, default=1.0, show_default=True)
 @click.option("--checkpoint", required=True, type=click.Path(dir_okay=False))
 @device_option
-def train_denoiser_cmd(preset: str, data: str, classifier_ckpt: str, sigma: float, edge: str, architecture: str,
-                       epochs: int, images_per_epoch: int | None, alpha: float, checkpoint: str, device: str) -> None:
+def train_denoiser_cmd(
+    preset: str,
+    data: str,
+    classifier_ckpt: str,
+    sigma: float,
+    edge: str,
+    architecture: str,
+    epochs: int,
+    images_per_epoch: int | None,
+    alpha: float,
+    checkpoint: str,
+    device: str,
+) -> None:
     """Train one denoiser at noise level σ against a frozen classifier."""
     with guard():
         recipe = get_preset(preset)
@@ -86,4 +110,3 @@ def train_denoiser_cmd(preset: str, data: str, classifier_ckpt: str, sigma: floa
         training = DenoiserTraining(sigma=sigma, epochs=epochs, alpha=alpha, images_per_epoch=images_per_epoch)
         train_denoiser(config, training, classifier, validation.train, validation.validation, Path(checkpoint), dev)
         click.echo(f"denoiser written to {checkpoint}")
-

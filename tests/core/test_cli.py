@@ -27,7 +27,9 @@ def bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 class TestPredict:
-    def test_labels_image_files_as_json(self, bundle_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    def test_labels_image_files_as_json(
+        self, bundle_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
         sample = load_sample("mnist")
         paths = []
         for i in range(3):
@@ -40,7 +42,9 @@ class TestPredict:
         expected = Bundle.load(bundle_dir, "cpu").predict(sample.images[:3])
         assert [r["label"] for r in rows] == expected.label.tolist()
 
-    def test_not_an_image_is_one_line(self, bundle_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    def test_not_an_image_is_one_line(
+        self, bundle_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
         junk = tmp_path / "junk.png"
         junk.write_bytes(b"\x00" * 10)
         code, _, err = run(["predict", "--bundle", str(bundle_dir), str(junk)], capsys)
@@ -57,8 +61,13 @@ class TestCalibrate:
     def test_recalibrates_on_the_recorded_split(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
         rng = np.random.default_rng(0)
         data = tmp_path / "d.npz"
-        np.savez(data, x_train=rng.integers(0, 256, (200, 28, 28), dtype=np.uint8), y_train=rng.integers(0, 10, 200),
-                 x_test=rng.integers(0, 256, (10, 28, 28), dtype=np.uint8), y_test=rng.integers(0, 10, 10))
+        np.savez(
+            data,
+            x_train=rng.integers(0, 256, (200, 28, 28), dtype=np.uint8),
+            y_train=rng.integers(0, 10, 200),
+            x_test=rng.integers(0, 256, (10, 28, 28), dtype=np.uint8),
+            y_test=rng.integers(0, 10, 10),
+        )
         # Record a validation split in a fresh bundle, as training does.
         from dataclasses import replace
 
@@ -66,16 +75,33 @@ class TestCalibrate:
 
         bundle = untrained_bundle()
         split = split_validation(load_dataset(data).train, 50, seed=7)
-        bundle = Bundle(replace(bundle.spec, dataset={"validation": split.record()}), bundle.classifier,
-                        bundle.denoisers)
+        bundle = Bundle(
+            replace(bundle.spec, dataset={"validation": split.record()}), bundle.classifier, bundle.denoisers
+        )
         bundle.save(tmp_path / "b")
-        code, out, err = run(["calibrate", "--bundle", str(tmp_path / "b"), "--data", str(data), "--rule", "fpr",
-                              "--target-fpr", "0.1", "--device", "cpu"], capsys)
+        code, _out, err = run(
+            [
+                "calibrate",
+                "--bundle",
+                str(tmp_path / "b"),
+                "--data",
+                str(data),
+                "--rule",
+                "fpr",
+                "--target-fpr",
+                "0.1",
+                "--device",
+                "cpu",
+            ],
+            capsys,
+        )
         assert code == 0, err
         cal = Bundle.load(tmp_path / "b", "cpu").spec.calibration
         assert cal.rule == "fpr" and cal.images == 50 and cal.origin["seed"] == 7 and cal.target_fpr == 0.1
 
-    def test_other_dataset_is_refused(self, bundle_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    def test_other_dataset_is_refused(
+        self, bundle_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
         code, _, err = run(["calibrate", "--bundle", str(bundle_dir), "--data", str(tmp_path)], capsys)
         assert code == 2 and "records no validation split" in err
 

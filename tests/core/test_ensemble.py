@@ -9,8 +9,9 @@ from torch import nn
 from defed_core.ensemble import MemberOutputs, decide, member_scores, run_members
 
 
-def outputs(logits: list[list[float]], denoised_logits: list[list[list[float]]], x: torch.Tensor,
-            denoised: torch.Tensor) -> MemberOutputs:
+def outputs(
+    logits: list[list[float]], denoised_logits: list[list[list[float]]], x: torch.Tensor, denoised: torch.Tensor
+) -> MemberOutputs:
     return MemberOutputs(torch.tensor(logits), denoised, torch.tensor(denoised_logits))
 
 
@@ -47,9 +48,12 @@ class TestDecision:
         self.x = torch.zeros(2, 1, 1, 1)
         self.out = outputs(
             logits=[[3.0, 0.0, 0.0], [0.0, 3.0, 0.0]],
-            denoised_logits=[[[0.0, 0.0, 4.0], [0.0, 0.0, 1.0]],  # member 0
-                             [[0.0, 2.0, 0.0], [5.0, 0.0, 0.0]]],  # member 1
-            x=self.x, denoised=torch.zeros(2, 2, 1, 1, 1),
+            denoised_logits=[
+                [[0.0, 0.0, 4.0], [0.0, 0.0, 1.0]],  # member 0
+                [[0.0, 2.0, 0.0], [5.0, 0.0, 0.0]],
+            ],  # member 1
+            x=self.x,
+            denoised=torch.zeros(2, 2, 1, 1, 1),
         )
 
     def test_no_flag_keeps_the_original_label(self) -> None:

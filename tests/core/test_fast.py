@@ -23,8 +23,9 @@ def randomise_normalisation(bundle: Bundle, seed: int = 0) -> None:
                 m.weight.data.uniform_(0, 0.5, generator=g)
 
 
-@pytest.mark.parametrize(("shape", "sigmas"), [((1, 28, 28), (20.0, 40.0)), ((1, 28, 28), (10.0, 20.0, 30.0)),
-                                               ((3, 32, 32), (8.0, 16.0))])
+@pytest.mark.parametrize(
+    ("shape", "sigmas"), [((1, 28, 28), (20.0, 40.0)), ((1, 28, 28), (10.0, 20.0, 30.0)), ((3, 32, 32), (8.0, 16.0))]
+)
 def test_same_outputs_as_plain_modules(shape: tuple[int, int, int], sigmas: tuple[float, ...]) -> None:
     """Logits, denoised images and scores agree to 1e-5 (float rounding only)."""
     bundle = untrained_bundle(input_shape=shape, sigmas=sigmas)

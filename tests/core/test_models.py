@@ -12,7 +12,9 @@ class TestDenoiser:
     @pytest.mark.parametrize("edge", ["laplacian", "sobel"])
     @pytest.mark.parametrize("architecture", ["defed", "basenet"])
     @pytest.mark.parametrize("size", [(28, 28), (32, 32), (16, 40)])
-    def test_output_has_input_shape_and_range(self, channels: int, edge: str, architecture: str, size: tuple[int, int]) -> None:
+    def test_output_has_input_shape_and_range(
+        self, channels: int, edge: str, architecture: str, size: tuple[int, int]
+    ) -> None:
         """Any H, W divisible by 4, 1 or 3 channels: output shape = input shape, values in [0, 1]."""
         model = Denoiser(DenoiserConfig(channels, edge, architecture)).eval()  # type: ignore[arg-type]
         x = torch.rand(2, channels, *size)
@@ -30,16 +32,27 @@ class TestDenoiser:
 
     def test_basenet_has_no_edge_branches_or_skips(self) -> None:
         keys = Denoiser(DenoiserConfig(1, architecture="basenet")).state_dict().keys()
-        assert not any(k.startswith(("skip", )) or "blurConv" in k or "edgeConv" in k for k in keys)
+        assert not any(k.startswith(("skip",)) or "blurConv" in k or "edgeConv" in k for k in keys)
         assert any("orignConv" in k for k in keys)
 
     def test_reference_key_layout(self) -> None:
         """The state dict uses the reference implementation's key names."""
         keys = set(Denoiser(DenoiserConfig(1)).state_dict())
-        for key in ["skip1.layers.0.weight", "head.0.weight", "head.1.running_mean", "head.2.weight",
-                    "skip2.layers.3.bias", "en_efe_1.blurConv.0.weight", "en_efe_1.edgeConv.1.running_var",
-                    "en_efe_1.orignConv.2.weight", "en_efe_1.conv.weight", "down1.0.weight",
-                    "skip3.layers.1.weight", "up2.0.weight", "tail.0.weight"]:
+        for key in [
+            "skip1.layers.0.weight",
+            "head.0.weight",
+            "head.1.running_mean",
+            "head.2.weight",
+            "skip2.layers.3.bias",
+            "en_efe_1.blurConv.0.weight",
+            "en_efe_1.edgeConv.1.running_var",
+            "en_efe_1.orignConv.2.weight",
+            "en_efe_1.conv.weight",
+            "down1.0.weight",
+            "skip3.layers.1.weight",
+            "up2.0.weight",
+            "tail.0.weight",
+        ]:
             assert key in keys
         assert Denoiser(DenoiserConfig(1)).state_dict()["de_efe_2.blurConv.0.weight"].shape == (32, 32, 3, 3)
 

@@ -24,12 +24,21 @@ from gateway.cli import main
 
 
 def bn_prelu(s: dict[str, Tensor], p: str, h: Tensor) -> Tensor:
-    h = F.batch_norm(h, s[f"{p}.1.running_mean"], s[f"{p}.1.running_var"], s[f"{p}.1.weight"], s[f"{p}.1.bias"],
-                     training=False, eps=1e-5)
+    h = F.batch_norm(
+        h,
+        s[f"{p}.1.running_mean"],
+        s[f"{p}.1.running_var"],
+        s[f"{p}.1.weight"],
+        s[f"{p}.1.bias"],
+        training=False,
+        eps=1e-5,
+    )
     return F.prelu(h, s[f"{p}.2.weight"])
 
 
-def conv_seq(s: dict[str, Tensor], p: str, h: Tensor, *, transposed: bool = False, stride: int = 1, pad: int = 1) -> Tensor:
+def conv_seq(
+    s: dict[str, Tensor], p: str, h: Tensor, *, transposed: bool = False, stride: int = 1, pad: int = 1
+) -> Tensor:
     fn = F.conv_transpose2d if transposed else F.conv2d
     return bn_prelu(s, p, fn(h, s[f"{p}.0.weight"], s[f"{p}.0.bias"], stride=stride, padding=pad))
 
@@ -123,7 +132,7 @@ class TestImportDenoiser:
         state = random_reference_state(0)
         del state["head.0.weight"]
         torch.save(state, path)
-        with pytest.raises(BundleError, match="missing \\['head.0.weight'\\]"):
+        with pytest.raises(BundleError, match=r"missing \['head\.0\.weight'\]"):
             import_denoiser(tmp_path, "mnist", "laplacian", 20)
 
 
@@ -131,11 +140,31 @@ def test_cli_builds_a_calibrated_bundle(reference_dir: Path, tmp_path: Path) -> 
     """`defed import-reference` writes a bundle calibrated on a held-out split of the data."""
     rng = np.random.default_rng(0)
     data = tmp_path / "tiny.npz"
-    np.savez(data, x_train=rng.integers(0, 256, (300, 28, 28), dtype=np.uint8), y_train=rng.integers(0, 10, 300),
-             x_test=rng.integers(0, 256, (20, 28, 28), dtype=np.uint8), y_test=rng.integers(0, 10, 20))
+    np.savez(
+        data,
+        x_train=rng.integers(0, 256, (300, 28, 28), dtype=np.uint8),
+        y_train=rng.integers(0, 10, 300),
+        x_test=rng.integers(0, 256, (20, 28, 28), dtype=np.uint8),
+        y_test=rng.integers(0, 10, 20),
+    )
     out = tmp_path / "imported"
-    code = main(["import-reference", "--reference-dir", str(reference_dir), "--sigmas", "20,40", "--data", str(data),
-                 "--out", str(out), "--validation-size", "100", "--device", "cpu"])
+    code = main(
+        [
+            "import-reference",
+            "--reference-dir",
+            str(reference_dir),
+            "--sigmas",
+            "20,40",
+            "--data",
+            str(data),
+            "--out",
+            str(out),
+            "--validation-size",
+            "100",
+            "--device",
+            "cpu",
+        ]
+    )
     assert code == 0
     bundle = Bundle.load(out, device="cpu")
     assert [m.sigma for m in bundle.spec.members] == [20.0, 40.0]
@@ -147,7 +176,18 @@ def test_cli_builds_a_calibrated_bundle(reference_dir: Path, tmp_path: Path) -> 
 
 
 def test_cli_missing_checkpoint_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code = main(["import-reference", "--reference-dir", str(tmp_path), "--sigmas", "20", "--data", str(tmp_path),
-                 "--out", str(tmp_path / "o")])
+    code = main(
+        [
+            "import-reference",
+            "--reference-dir",
+            str(tmp_path),
+            "--sigmas",
+            "20",
+            "--data",
+            str(tmp_path),
+            "--out",
+            str(tmp_path / "o"),
+        ]
+    )
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.count("\n") == 0 and "reference checkpoint not found" in err
