@@ -254,12 +254,17 @@ class Bundle:
         return cls.load(default_bundle_path(name), device, fast)
 
 
-def default_bundle_path(name: str) -> Path:
+def shipped_bundles() -> list[str]:
+    """Names of the bundles shipped inside the package."""
     base = Path(str(resources.files("defed_core") / DEFAULT_BUNDLES))
-    available = sorted(p.name for p in base.iterdir() if (p / "bundle.json").is_file()) if base.is_dir() else []
+    return sorted(p.name for p in base.iterdir() if (p / "bundle.json").is_file()) if base.is_dir() else []
+
+
+def default_bundle_path(name: str) -> Path:
+    available = shipped_bundles()
     if name not in available:
         raise BundleError(f"no default bundle {name!r}; shipped: {', '.join(available) or 'none'}")
-    return base / name
+    return Path(str(resources.files("defed_core") / DEFAULT_BUNDLES)) / name
 
 
 def read_weights(root: Path, entry: dict[str, Any]) -> dict[str, Tensor]:

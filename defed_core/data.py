@@ -220,34 +220,38 @@ def load_dataset(path: str | Path, channels: int = 3, size: tuple[int, int] = (3
 
 
 def fit_image(image: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
-    """A decoded OpenCV image (gray, BGR or BGRA; any size) as uint8 (H, W, C) of `shape` (C, H, W).
+    """A decoded OpenCV image (gray, BGR or BGRA; any size) as uint8 (H, W, C) for `shape` (C, H, W).
 
-    The rule: alpha is dropped (the colour is kept as stored, not composited); colour becomes
-    gray by ITU-R BT.601 luma (OpenCV's BGR2GRAY), gray becomes colour by copying the channel;
-    then the image is resized to H×W with area interpolation when shrinking and bilinear when
-    enlarging, ignoring aspect ratio. 16-bit images are scaled to 8 bits. Colour comes out RGB.
+    The conversion rule, shared by the gateway, `defed predict` and image-folder datasets:
+      1. 16-bit samples are scaled to 8 bits (the high byte);
+      2. an alpha channel is composited onto black (transparent pixels become background);
+      3. colour → gray by ITU-R BT.601 luma (OpenCV's BGR2GRAY); gray → colour by repeating the
+         channel; colour comes out in RGB order;
+      4. the whole frame is resized to H×W with area interpolation (no crop, no letterbox: the
+         aspect ratio is not kept, since borders the model never saw would hurt more).
+    Anything else (other sample types, 2 or 5+ channels, C not 1 or 3) raises DatasetError.
     """
     c, h, w = shape
+    if c not in (1, 3):
+        raise DatasetError(f"bundle expects {c} channels; only 1 or 3 are supported")
     if image.dtype == np.uint16:
         image = (image >> 8).astype(np.uint8)
     if image.dtype != np.uint8:
-        raise DatasetError(f"unsupported pixel type {image.dtype}")
+        raise DatasetError(f"sample type {image.dtype} is not supported (8 or 16-bit integers only)")
     if image.ndim == 3 and image.shape[2] == 1:
-        image = image[..., 0]
+        image = image[:, :, 0]
     if image.ndim == 3 and image.shape[2] == 4:
-        image = cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
+        alpha = image[:, :, 3:4].astype(np.float32) / 255.0
+        image = (image[:, :, :3].astype(np.float32) * alpha + 0.5).astype(np.uint8)
     if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] != 3):
-        raise DatasetError(f"unsupported image layout {image.shape}")
+        raise DatasetError(f"{image.shape[2] if image.ndim == 3 else image.ndim}-channel images are not supported")
     if c == 1 and image.ndim == 3:
         image = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
-    elif c == 3 and image.ndim == 2:
-        image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
-    if c == 3:
-        image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    elif c == 3:
+        image = cv2.cvtColor(image, cv2.COLOR_GRAY2RGB if image.ndim == 2 else cv2.COLOR_BGR2RGB)
     if image.shape[:2] != (h, w):
-        shrinking = image.shape[0] * image.shape[1] > h * w
-        image = cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
-    return image.reshape(h, w, c)
+        image = cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA)
+    return np.ascontiguousarray(image.reshape(h, w, c))  # (H, W, C)
 
 
 def load_sample(name: str = "mnist") -> ImageSet:

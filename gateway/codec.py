@@ -1,13 +1,8 @@
 """From MQTT payload to model-shaped pixels: envelope, frame id, image decoding and conversion.
 
-The conversion rule (docs/gateway.md, "Conversion"):
-  1. decode with OpenCV, keeping the file's own depth and channels;
-  2. 16-bit samples are scaled to 8 bits; an alpha channel is composited onto black
-     (transparent pixels become background, as on an MNIST digit);
-  3. colour → grayscale with ITU-R BT.601 weights (cv2.COLOR_BGR2GRAY), grayscale → colour by
-     repeating the channel; colour bundles receive RGB;
-  4. the whole frame is resized to the bundle's H×W with INTER_AREA (no crop, no letterbox:
-     aspect ratio is not kept, because borders the model never saw would hurt more).
+Images are decoded with OpenCV keeping their own depth and channels, then converted to the
+bundle's input shape by `defed_core.data.fit_image` (the rule is in its docstring and in
+docs/gateway.md, "Conversion"), the same rule `defed predict` and image-folder datasets use.
 """
 
 from __future__ import annotations
@@ -21,6 +16,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from defed_core.data import DatasetError, fit_image
 from gateway.frames import Delivery, ErrorCode, Frame, Rejection
 
 MAX_FRAME_ID_CHARS = 128
@@ -72,19 +68,11 @@ class FrameCodec:
         return Frame(delivery, frame_id, ts, pixels, image)
 
     def to_input_shape(self, image: np.ndarray) -> np.ndarray:
-        """Any decoded image (H', W'[, C']) → uint8 (H, W, C) per the module's conversion rule."""
-        image = to_8bit(image)
-        image = composite_alpha(image)  # (H', W') gray or (H', W', 3) BGR
-        if self.channels == 1:
-            if image.ndim == 3:
-                image = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
-        elif self.channels == 3:
-            image = cv2.cvtColor(image, cv2.COLOR_GRAY2RGB if image.ndim == 2 else cv2.COLOR_BGR2RGB)
-        else:
-            raise FrameError("unsupported_image", f"bundle expects {self.channels} channels; only 1 or 3 are supported")
-        if image.shape[:2] != (self.height, self.width):
-            image = cv2.resize(image, (self.width, self.height), interpolation=cv2.INTER_AREA)
-        return np.ascontiguousarray(image.reshape(self.height, self.width, self.channels))  # (H, W, C)
+        """Any decoded image (H', W'[, C']) → uint8 (H, W, C) by the shared conversion rule."""
+        try:
+            return fit_image(image, (self.channels, self.height, self.width))
+        except DatasetError as exc:
+            raise FrameError("unsupported_image", str(exc)) from None
 
 
 def looks_like_json(payload: bytes) -> bool:
@@ -137,26 +125,3 @@ def decode_image(data: bytes) -> np.ndarray:
     if image.shape[0] * image.shape[1] > MAX_PIXELS:
         raise FrameError("unsupported_image", f"{image.shape[1]}×{image.shape[0]} exceeds {MAX_PIXELS} pixels")
     return image
-
-
-def to_8bit(image: np.ndarray) -> np.ndarray:
-    if image.dtype == np.uint8:
-        return image
-    if image.dtype == np.uint16:
-        return (image >> 8).astype(np.uint8)
-    raise FrameError("unsupported_image", f"sample type {image.dtype} is not supported (8 or 16-bit integers only)")
-
-
-def composite_alpha(image: np.ndarray) -> np.ndarray:
-    """(H, W), (H, W, 1|3|4) → (H, W) gray or (H, W, 3) BGR; alpha composited onto black."""
-    if image.ndim == 2:
-        return image
-    channels = image.shape[2]
-    if channels == 1:
-        return image[:, :, 0]
-    if channels == 3:
-        return image
-    if channels == 4:
-        alpha = image[:, :, 3:4].astype(np.float32) / 255.0
-        return (image[:, :, :3].astype(np.float32) * alpha + 0.5).astype(np.uint8)
-    raise FrameError("unsupported_image", f"{channels}-channel images are not supported")

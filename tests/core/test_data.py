@@ -80,11 +80,14 @@ class TestFitImage:
         out = fit_image(red, (1, 28, 28))
         assert out.shape == (28, 28, 1) and abs(int(out[0, 0, 0]) - 76) <= 1  # 0.299·255
 
-    def test_gray_to_rgb_and_alpha_dropped(self) -> None:
+    def test_gray_to_rgb_and_alpha_composited(self) -> None:
         assert fit_image(np.full((8, 8), 9, np.uint8), (3, 4, 4)).tolist() == np.full((4, 4, 3), 9).tolist()
         bgra = np.zeros((4, 4, 4), np.uint8)
         bgra[..., 0] = 200  # blue
+        bgra[..., 3] = 255  # opaque: colour kept
         assert fit_image(bgra, (3, 4, 4))[0, 0].tolist() == [0, 0, 200]  # RGB order
+        bgra[..., 3] = 0  # transparent: composited onto black
+        assert fit_image(bgra, (3, 4, 4))[0, 0].tolist() == [0, 0, 0]
 
     def test_to_tensor_layout(self) -> None:
         t = to_tensor(np.full((2, 3, 4, 1), 255, np.uint8))
