@@ -6,9 +6,8 @@ import click
 
 
 def register(cli: click.Group) -> None:
-    from gateway.commands import calibrate, import_reference, predict, serve, train
+    from gateway.commands import calibrate, demo, evaluate, import_reference, predict, serve, simulate, train
 
     for command in (train.train, calibrate.calibrate, import_reference.import_reference, predict.predict,
-                    serve.serve):
+                    evaluate.evaluate, serve.serve, simulate.simulate, demo.demo):
         cli.add_command(command)
-    from gateway.commands.evaluate import evaluate; cli.add_command(evaluate)  # noqa: E702, I001 — one line: `defed evaluate`
