@@ -1,0 +1,8 @@
+"""The gateway tests' helpers (a gateway subprocess, settings) are reused here."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "gateway"))
