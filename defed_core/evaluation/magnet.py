@@ -1,9 +1,14 @@
 """The MagNet-style autoencoder (Meng & Chen, CCS 2017): model, training on benign images, files.
 
-MagNet's MNIST "detector I" autoencoder: 3×3 convolutions with 3 channels and sigmoid
-activations, one 2×2 average pool and one 2× upsampling, trained to reconstruct benign images
-that carry a little Gaussian noise. Its reconstruction error is the detection score and its
-output (the "reformer") is what the classifier labels.
+MagNet's MNIST "detector I" autoencoder: 3×3 convolutions with 3 channels, one 2×2 average
+pool and one 2× upsampling, a sigmoid output, trained to reconstruct benign images that carry a
+little Gaussian noise. Its reconstruction error is the detection score and its output (the
+"reformer") is what the classifier labels.
+
+One departure: MagNet uses sigmoids in the hidden layers too and trains for 100 epochs. With
+sigmoids this 3-channel network stays near the mean image for many epochs (measured here:
+validation MSE 0.072 after 4 epochs of 55k images), which would make the baseline a strawman;
+ReLU hidden layers reach 0.005 after 30k images, so the hidden layers use ReLU.
 
 Files: `autoencoder.safetensors` plus `magnet.json` (configuration, training settings, history,
 the SHA-256 of the weights), the same no-pickle rule as bundles.
@@ -38,9 +43,10 @@ class MagNetError(ValueError):
 
 @dataclass(frozen=True)
 class MagNetTraining:
-    epochs: int = 8
-    batch_size: int = 256
-    lr: float = 1e-3
+    epochs: int = 3
+    batch_size: int = 128
+    lr: float = 3e-3
+    images_per_epoch: int | None = 20_000  # a fresh random subset each epoch; None = all
     noise: float = 0.1  # std of the Gaussian noise on training inputs, as in MagNet
     seed: int = 0
 
@@ -53,7 +59,7 @@ class Autoencoder(nn.Module):
         self.channels, self.width = channels, width
 
         def conv(a: int, b: int) -> nn.Sequential:
-            return nn.Sequential(nn.Conv2d(a, b, 3, padding=1), nn.Sigmoid())
+            return nn.Sequential(nn.Conv2d(a, b, 3, padding=1), nn.ReLU())
 
         self.encoder = nn.Sequential(conv(channels, width), nn.AvgPool2d(2), conv(width, width))
         self.decoder = nn.Sequential(conv(width, width), nn.Upsample(scale_factor=2), conv(width, width),
@@ -124,7 +130,8 @@ def train_magnet(train: ImageSet, validation: ImageSet, training: MagNetTraining
         model.train()
         rng = np.random.default_rng(training.seed + epoch)
         gen = torch.Generator().manual_seed(training.seed + epoch)
-        bar = tqdm(batches(train, training.batch_size, rng), total=-(-len(train) // training.batch_size),
+        per_epoch = min(training.images_per_epoch or len(train), len(train))
+        bar = tqdm(batches(train, training.batch_size, rng, per_epoch), total=-(-per_epoch // training.batch_size),
                    desc=f"MagNet autoencoder epoch {epoch + 1}/{training.epochs}", leave=False)
         for x, _ in bar:
             noisy = (x + training.noise * torch.randn(x.shape, generator=gen)).clamp(0.0, 1.0)

@@ -82,17 +82,17 @@ def load_or_train_magnet(path: str, train_magnet: bool, split: ValidationSplit, 
 @click.option("--train-magnet", is_flag=True, help="Train the MagNet-style autoencoder into --magnet if it is missing.")
 @click.option("--attacks", default=",".join(ATTACK_NAMES), show_default=True,
               help="Comma-separated attacks to run.")
-@click.option("--per-cell", type=click.IntRange(1), default=200, show_default=True,
+@click.option("--per-cell", type=click.IntRange(1), default=150, show_default=True,
               help="Successful adversarial examples per attack cell.")
-@click.option("--max-attempts", type=click.IntRange(1), default=1500, show_default=True,
+@click.option("--max-attempts", type=click.IntRange(1), default=1000, show_default=True,
               help="Test images attacked at most per cell.")
-@click.option("--benign", type=click.IntRange(2), default=2000, show_default=True,
+@click.option("--benign", type=click.IntRange(2), default=1500, show_default=True,
               help="Benign test images (false-positive rate, benign accuracy, ROC negatives).")
 @click.option("--fpr-budget", type=click.FloatRange(0, 1, max_open=True), default=0.05, show_default=True,
               help="False-positive budget every detector's threshold is set to, on the validation split.")
 @click.option("--adaptive-count", type=click.IntRange(0), default=100, show_default=True,
               help="Images attacked by the adaptive attack per ε (0 skips it).")
-@click.option("--adaptive-steps", type=click.IntRange(1), default=100, show_default=True)
+@click.option("--adaptive-steps", type=click.IntRange(1), default=60, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--docs", type=click.Path(exists=True, dir_okay=False),
               help="Also copy the generated tables into this page (between its generated-tables markers).")
