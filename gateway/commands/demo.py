@@ -148,10 +148,11 @@ def run_live(fleet: Fleet, duration: float, console: Console) -> None:
                 rate = (summary.answered - last_answered) / max(now - last_at, 1e-6)
                 last_answered, last_at = summary.answered, now
                 live.update(live_table(summary, rate), refresh=True)
-            fleet.wait_for_answers(ANSWER_TIMEOUT_S)
         except KeyboardInterrupt:
             fleet.stop.set()
-            console.print("stopping (Ctrl-C)")
+            publisher.join()
+            console.print("stopping (Ctrl-C): waiting for the frames in flight; Ctrl-C again to abort")
+        fleet.wait_for_answers(ANSWER_TIMEOUT_S)
         live.update(live_table(fleet.measurement.summary(), 0.0), refresh=True)
 
 
@@ -169,6 +170,9 @@ def demo(duration: float, broker: tuple[str, int] | None, state_dir: Path, devic
     state_dir = state_dir.resolve()
     try:
         state_dir.mkdir(parents=True, exist_ok=True)
+        ignore = state_dir / ".gitignore"
+        if not ignore.exists():  # run from a checkout, the demo's state must not show up in git
+            ignore.write_text("*\n")
     except OSError as exc:
         raise UserError(f"cannot create the state directory {state_dir}: {exc}") from None
     click.echo(f"demo state directory: {state_dir} (gateway log: {state_dir / 'gateway.log'})")
