@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F  # noqa: N812 — the name every PyTorch reader expects
+import torch.nn.functional as F
 from torch import nn
 
 from defed_core.bundle import Bundle
