@@ -133,13 +133,14 @@ class AdversarialSet:
     source: Tensor  # (M, C, H, W)
     labels: Tensor  # (M,) true labels
     attempted: int  # correctly classified images attacked to get these M
+    found: int  # successes among them (≥ M: the last chunk may overshoot the count)
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
     @property
     def success_rate(self) -> float:
-        return len(self) / max(1, self.attempted)
+        return self.found / max(1, self.attempted)
 
     def perturbation(self, norm: Norm) -> Tensor:
         """Size of each perturbation in the given norm: (M,)."""
@@ -185,9 +186,9 @@ def attack_until(
     bar.close()
     if not kept:
         empty = x[:0]
-        return AdversarialSet(spec, empty, empty, y[:0], 0)
+        return AdversarialSet(spec, empty, empty, y[:0], 0, 0)
     adv, src, lab = (torch.cat(parts)[:count] for parts in zip(*kept, strict=True))
-    return AdversarialSet(spec, adv, src, lab, attempted)
+    return AdversarialSet(spec, adv, src, lab, attempted, found)
 
 
 def successful_adversarials(

@@ -100,12 +100,15 @@ def adaptive_findings(summary: dict[str, Any]) -> list[str]:
     rows = summary.get("adaptive") or []
     if not rows:
         return []
-    budget = ", ".join(f"{r['norm'].replace('linf', 'L∞').replace('l2', 'L2')} ε={r['eps']:g}: "
-                       f"{pct(r['success_budget'])}" for r in rows)
-    shipped = ", ".join(f"ε={r['eps']:g}: {pct(r['success_shipped'])}" for r in rows)
+    def name(r: dict[str, Any]) -> str:
+        return f"{'L∞' if r['norm'] == 'linf' else 'L2'} ε={r['eps']:g}"
+
+    budget = ", ".join(f"{name(r)}: {pct(r['success_budget'])}" for r in rows)
+    shipped = ", ".join(f"{name(r)}: {pct(r['success_shipped'])}" for r in rows)
     worst = max(rows, key=lambda r: r["success_budget"])
-    verdict = ("Defed does not withstand a defence-aware attacker" if worst["success_budget"] >= 0.5 else
-               "the defence-aware attack succeeds on a minority of images" if worst["success_budget"] > 0.05 else
+    top = worst["success_budget"]
+    verdict = (f"Defed does not withstand a defence-aware attacker at {name(worst)}" if top >= 0.5 else
+               "the defence-aware attack succeeds on a minority of images" if top > 0.05 else
                "the defence-aware attack rarely succeeds at these settings (a stronger attack may still)")
     return [f"**Adaptive attack** — share of correctly classified images turned into a wrong label that no member "
             f"flags, at the budget thresholds: {budget}; at the shipped thresholds: {shipped}. In short: {verdict}."]

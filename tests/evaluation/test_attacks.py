@@ -57,6 +57,7 @@ class TestAttackUntil:
         adv = attack_until(Brightness(), x, y, AttackSpec("fgsm", 0.1), count=4, num_classes=2, chunk=3,
                            progress=False)
         assert len(adv) == 4 and adv.attempted == 6  # two chunks of 3 were needed
+        assert adv.found == 6 and adv.success_rate == 1.0  # the overshoot counts in the rate, not in the set
         assert (Brightness()(adv.adversarial).argmax(1) == 1).all()
         assert torch.allclose(adv.perturbation("linf"), torch.full((4,), 0.1), atol=1e-6)
 
