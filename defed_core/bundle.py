@@ -114,7 +114,11 @@ class Bundle:
         self.thresholds = torch.tensor(spec.calibration.thresholds, dtype=torch.float32, device=self.device)
         # The fast path (defed_core.fast) computes the same outputs; the plain modules stay
         # available as `classifier` and `denoisers` (e.g. for gradients in attacks).
-        self.fast = FastEnsemble(self.classifier, self.denoisers).to(self.device) if fast else None
+        self.fast = (
+            FastEnsemble(self.classifier, self.denoisers, group_members=self.device.type == "cuda").to(self.device)
+            if fast
+            else None
+        )
 
     # --- metadata ----------------------------------------------------------------------
 

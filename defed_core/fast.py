@@ -102,17 +102,33 @@ def stack_denoisers(denoisers: Sequence[nn.Module]) -> nn.Module:
 
 
 class FastEnsemble(nn.Module):
-    """The networks of a bundle, rewritten for speed; same outputs as `run_members`."""
+    """The networks of a bundle, rewritten for speed; same outputs as `run_members`.
 
-    def __init__(self, classifier: nn.Module, denoisers: Sequence[nn.Module]) -> None:
+    `group_members` runs the K denoisers as one grouped network. It pays on a GPU (fewer,
+    wider kernels); on a CPU, oneDNN's grouped convolutions at these widths were slower than K
+    plain ones (docs/performance.md), so there the members run one after another, folded.
+    """
+
+    def __init__(self, classifier: nn.Module, denoisers: Sequence[nn.Module], group_members: bool = True) -> None:
         super().__init__()
         self.k = len(denoisers)
+        self.group_members = group_members
         self.classifier = fold_all_batchnorms(copy.deepcopy(classifier)).eval()
-        self.denoisers = stack_denoisers(denoisers)
+        self.stacked = stack_denoisers(denoisers) if group_members else None
+        self.members = nn.ModuleList(
+            [] if group_members else [fold_all_batchnorms(copy.deepcopy(d)).eval() for d in denoisers]
+        )
+
+    def denoise(self, x: Tensor) -> Tensor:
+        """All members' outputs: (K, N, C, H, W)."""
+        if self.stacked is None:
+            return torch.stack([d(x) for d in self.members])
+        n, c, h, w = x.shape
+        stacked: Tensor = self.stacked(x.repeat(1, self.k, 1, 1))  # (N, K·C, H, W)
+        return stacked.view(n, self.k, c, h, w).transpose(0, 1)  # (K, N, C, H, W)
 
     def forward(self, x: Tensor) -> MemberOutputs:
         n, c, h, w = x.shape
-        stacked = self.denoisers(x.repeat(1, self.k, 1, 1))  # (N, K·C, H, W)
-        denoised = stacked.view(n, self.k, c, h, w).transpose(0, 1)  # (K, N, C, H, W)
+        denoised = self.denoise(x)  # (K, N, C, H, W)
         logits = self.classifier(torch.cat([x, denoised.reshape(self.k * n, c, h, w)]))  # ((K+1)·N, classes)
         return MemberOutputs(logits[:n], denoised, logits[n:].view(self.k, n, -1))

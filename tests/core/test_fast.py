@@ -30,12 +30,13 @@ def test_same_outputs_as_plain_modules(shape: tuple[int, int, int], sigmas: tupl
     """Logits, denoised images and scores agree to 1e-5 (float rounding only)."""
     bundle = untrained_bundle(input_shape=shape, sigmas=sigmas)
     randomise_normalisation(bundle)
-    fast = FastEnsemble(bundle.classifier, bundle.denoisers)
     x = torch.rand(6, *shape, generator=torch.Generator().manual_seed(1))
-    with torch.inference_mode():
-        plain, quick = run_members(bundle.classifier, bundle.denoisers, x), fast(x)
-    for name in ("logits", "denoised", "denoised_logits"):
-        assert (getattr(plain, name) - getattr(quick, name)).abs().max() <= 1e-5, name
+    for grouped in (True, False):
+        fast = FastEnsemble(bundle.classifier, bundle.denoisers, group_members=grouped)
+        with torch.inference_mode():
+            plain, quick = run_members(bundle.classifier, bundle.denoisers, x), fast(x)
+        for name in ("logits", "denoised", "denoised_logits"):
+            assert (getattr(plain, name) - getattr(quick, name)).abs().max() <= 1e-5, (name, grouped)
 
 
 def test_bundle_fast_and_plain_decide_alike(tmp_path: torch.Tensor) -> None:
