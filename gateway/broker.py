@@ -41,7 +41,10 @@ def free_port() -> int:
 class PrivateBroker:
     """A mosquitto process listening on 127.0.0.1 only, anonymous access, persistence on."""
 
-    def __init__(self, port: int | None = None, max_queued_messages: int = 100_000) -> None:
+    def __init__(self, port: int | None = None, max_queued_messages: int = 100_000, own_session: bool = False) -> None:
+        # own_session: run mosquitto in a session of its own, so a terminal's Ctrl-C reaches
+        # only our process, which then stops the broker in order (the demo needs this).
+        self.own_session = own_session
         self.host = "127.0.0.1"
         self.port = port or free_port()
         self._dir = Path(tempfile.mkdtemp(prefix="defed-mosquitto-"))
@@ -69,8 +72,8 @@ class PrivateBroker:
         return f"{self.host}:{self.port}"
 
     def start(self, timeout: float = 10.0) -> None:
-        self.process = subprocess.Popen([find_mosquitto(), "-c", str(self.config)],
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.process = subprocess.Popen([find_mosquitto(), "-c", str(self.config)], stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.PIPE, start_new_session=self.own_session)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:  # a listening socket has no event to wait on
             if self.process.poll() is not None:

@@ -6,7 +6,6 @@ import json
 import os
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -21,7 +20,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from gateway.broker import BrokerError, PrivateBroker, find_mosquitto
+from gateway.broker import BrokerError, PrivateBroker
 from gateway.commands.common import bundle_path
 from gateway.commands.simulate import BrokerAddress, build_frames, fleet_options
 from gateway.errors import RuntimeFailure, UserError
@@ -32,25 +31,6 @@ DRAIN_TIMEOUT_S = 10.0
 ANSWER_TIMEOUT_S = 10.0
 AUDIT_QUERY = ("select id, device_id, frame_id, label, original_label, received_at "
                "from quarantine_events order by id desc limit 10")
-
-
-class DemoBroker(PrivateBroker):
-    """A PrivateBroker in its own session, so that Ctrl-C reaches the demo only and the demo stops it."""
-
-    def start(self, timeout: float = 10.0) -> None:
-        self.process = subprocess.Popen([find_mosquitto(), "-c", str(self.config)], stdout=subprocess.DEVNULL,
-                                        stderr=subprocess.DEVNULL, start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:  # a listening socket has no event to wait on
-            if self.process.poll() is not None:
-                raise BrokerError(f"mosquitto exited with {self.process.returncode}; see {self.log_path}")
-            try:
-                socket.create_connection((self.host, self.port), timeout=0.2).close()
-                return
-            except OSError:
-                time.sleep(0.05)
-        self.stop()
-        raise BrokerError(f"mosquitto did not listen on {self.address} within {timeout} s")
 
 
 class DemoGateway:
@@ -183,7 +163,7 @@ def demo(duration: float, broker: tuple[str, int] | None, state_dir: Path, devic
         # Broker: ours on a free port unless given.
         if broker is None:
             try:
-                private = stack.enter_context(DemoBroker())
+                private = stack.enter_context(PrivateBroker(own_session=True))
             except BrokerError as exc:
                 raise RuntimeFailure(str(exc)) from None
             broker = private.host, private.port
