@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from defed_core import Bundle
-from defed_core.bundle import default_bundle_path
+from defed_core.bundle import resolve_bundle_path
 from defed_core.data import load_sample
 
 
@@ -43,7 +43,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    path = args.bundle if "/" in args.bundle else default_bundle_path(args.bundle)
+    path = resolve_bundle_path(args.bundle)
     plain, fast = Bundle.load(path, "auto", fast=False), Bundle.load(path, "auto", fast=True)
     images = load_sample("mnist").images  # (256, 28, 28, 1) uint8
     print(f"device {plain.device}, torch {torch.__version__}, {torch.get_num_threads()} threads")

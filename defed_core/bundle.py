@@ -271,6 +271,12 @@ def default_bundle_path(name: str) -> Path:
     return Path(str(resources.files("defed_core") / DEFAULT_BUNDLES)) / name
 
 
+def resolve_bundle_path(ref: str | Path) -> Path:
+    """A bundle directory from a path, or else from the name of a shipped bundle."""
+    path = Path(ref)
+    return path if path.is_dir() else default_bundle_path(str(ref))
+
+
 def read_weights(root: Path, entry: dict[str, Any]) -> dict[str, Tensor]:
     """One weight file, after checking its SHA-256 against bundle.json."""
     path = root / entry["file"]

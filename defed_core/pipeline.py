@@ -169,10 +169,5 @@ def train_bundle(
     return bundle, summary
 
 
-def benign_fpr(bundle: Bundle, images: ImageSet) -> float:
-    scores = benign_scores(bundle, images, desc="benign FPR")
-    return float((scores > bundle.thresholds.cpu()).any(dim=1).float().mean())
-
-
 def seeded_indices(n: int, count: int, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).permutation(n)[:count])

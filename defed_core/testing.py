@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from defed_core.bundle import Bundle, BundleSpec, Member
@@ -46,3 +47,16 @@ def untrained_bundle(
     if path is not None:
         bundle.save(path)
     return bundle
+
+
+def write_random_mnist(path: str | Path, train: int, test: int, seed: int = 0) -> Path:
+    """A file in the packed-MNIST layout (mnist.npz) holding random digits and labels."""
+    rng = np.random.default_rng(seed)
+    np.savez(
+        path,
+        x_train=rng.integers(0, 256, (train, 28, 28), dtype=np.uint8),
+        y_train=rng.integers(0, 10, train),
+        x_test=rng.integers(0, 256, (test, 28, 28), dtype=np.uint8),
+        y_test=rng.integers(0, 10, test),
+    )
+    return Path(path)

@@ -12,7 +12,6 @@ A frame's path, top to bottom:
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Any
 
 import structlog
@@ -20,6 +19,7 @@ import torch
 from prometheus_client import CollectorRegistry, start_http_server
 
 from defed_core import Bundle, BundleError
+from defed_core.bundle import resolve_bundle_path
 from gateway.audit import AuditLog
 from gateway.batcher import Batcher
 from gateway.codec import FrameCodec
@@ -42,9 +42,7 @@ PURGE_INTERVAL_S = 3600.0
 def load_bundle(name_or_path: str, device: str) -> Bundle:
     """`model.bundle` is a directory holding bundle.json, or the name of a shipped bundle."""
     try:
-        if Path(name_or_path).is_dir():
-            return Bundle.load(name_or_path, device)
-        return Bundle.load_default(name_or_path, device)
+        return Bundle.load(resolve_bundle_path(name_or_path), device)
     except (BundleError, RuntimeError, ValueError) as exc:
         raise UserError(f"model.bundle: cannot load {name_or_path!r}: {exc}") from None
 

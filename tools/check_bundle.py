@@ -18,7 +18,7 @@ import torch
 
 from defed_core import Bundle
 from defed_core.attacks import AttackSpec, successful_adversarials
-from defed_core.bundle import default_bundle_path
+from defed_core.bundle import resolve_bundle_path
 from defed_core.data import load_dataset, to_tensor
 from defed_core.pipeline import benign_scores, seeded_indices
 from defed_core.training import accuracy
@@ -39,8 +39,7 @@ def main() -> None:
     ap.add_argument("--json", help="also write the figures to this file")
     args = ap.parse_args()
     started = time.monotonic()
-    path = args.bundle if args.bundle.count("/") else str(default_bundle_path(args.bundle))
-    bundle = Bundle.load(path, device="auto")
+    bundle = Bundle.load(resolve_bundle_path(args.bundle), device="auto")
     test = load_dataset(args.data).test
     scores = benign_scores(bundle, test, desc="benign test set")
     flagged = (scores > bundle.thresholds.cpu()).any(dim=1)

@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 from torch import nn
 
-from defed_core.bundle import Bundle, default_bundle_path
+from defed_core.bundle import Bundle, resolve_bundle_path
 from defed_core.checkpoint import Checkpoint
 from defed_core.classifiers import ClassifierConfig, build_classifier
 from defed_core.presets import PRESETS
@@ -49,10 +49,7 @@ def guard() -> Iterator[None]:
         raise UserError(str(exc)) from exc
 
 
-def bundle_path(ref: str) -> Path:
-    """A bundle directory from a path or a shipped bundle's name."""
-    path = Path(ref)
-    return path if path.exists() else default_bundle_path(ref)
+bundle_path = resolve_bundle_path
 
 
 def load_bundle(ref: str, device: str = "auto") -> Bundle:

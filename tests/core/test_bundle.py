@@ -12,10 +12,8 @@ from defed_core.testing import untrained_bundle
 
 
 @pytest.fixture(scope="module")
-def saved(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("bundle") / "b"
-    untrained_bundle(path)
-    return path
+def saved(bundle_dir: Path) -> Path:
+    return bundle_dir
 
 
 class TestRoundTrip:

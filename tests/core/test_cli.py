@@ -9,7 +9,7 @@ import pytest
 
 from defed_core import Bundle
 from defed_core.data import load_sample
-from defed_core.testing import untrained_bundle
+from defed_core.testing import untrained_bundle, write_random_mnist
 from gateway.cli import main
 
 
@@ -17,13 +17,6 @@ def run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, 
     code = main(args)
     out, err = capsys.readouterr()
     return code, out, err
-
-
-@pytest.fixture(scope="module")
-def bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("b") / "bundle"
-    untrained_bundle(path)
-    return path
 
 
 class TestPredict:
@@ -59,15 +52,7 @@ class TestPredict:
 
 class TestCalibrate:
     def test_recalibrates_on_the_recorded_split(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-        rng = np.random.default_rng(0)
-        data = tmp_path / "d.npz"
-        np.savez(
-            data,
-            x_train=rng.integers(0, 256, (200, 28, 28), dtype=np.uint8),
-            y_train=rng.integers(0, 10, 200),
-            x_test=rng.integers(0, 256, (10, 28, 28), dtype=np.uint8),
-            y_test=rng.integers(0, 10, 10),
-        )
+        data = write_random_mnist(tmp_path / "d.npz", train=200, test=10)
         # Record a validation split in a fresh bundle, as training does.
         from dataclasses import replace
 

@@ -8,7 +8,6 @@ forward pass written directly from DESIGN §1 with torch.nn.functional — not w
 import math
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -18,6 +17,7 @@ from defed_core.bundle import Bundle, BundleError
 from defed_core.classifiers import LeNet5
 from defed_core.denoiser import Denoiser, DenoiserConfig
 from defed_core.reference import classifier_path, denoiser_path, import_denoiser
+from defed_core.testing import write_random_mnist
 from gateway.cli import main
 
 # --- a forward pass from the design text -----------------------------------------------
@@ -138,15 +138,7 @@ class TestImportDenoiser:
 
 def test_cli_builds_a_calibrated_bundle(reference_dir: Path, tmp_path: Path) -> None:
     """`defed import-reference` writes a bundle calibrated on a held-out split of the data."""
-    rng = np.random.default_rng(0)
-    data = tmp_path / "tiny.npz"
-    np.savez(
-        data,
-        x_train=rng.integers(0, 256, (300, 28, 28), dtype=np.uint8),
-        y_train=rng.integers(0, 10, 300),
-        x_test=rng.integers(0, 256, (20, 28, 28), dtype=np.uint8),
-        y_test=rng.integers(0, 10, 20),
-    )
+    data = write_random_mnist(tmp_path / "tiny.npz", train=300, test=20)
     out = tmp_path / "imported"
     code = main(
         [
