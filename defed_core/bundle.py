@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -25,9 +25,24 @@ from defed_core.denoiser import Denoiser, DenoiserConfig
 from defed_core.device import select_device
 from defed_core.ensemble import Decision, MemberOutputs, decide, member_scores, run_members
 from defed_core.fast import FastEnsemble
+from defed_core.onnx_backend import OnnxEnsemble, onnxruntime_available
 
 FORMAT_VERSION = 1
 DEFAULT_BUNDLES = "bundles"
+
+
+Backend = Literal["auto", "torch", "onnxruntime"]
+
+
+def use_onnxruntime(backend: Backend, device: torch.device) -> bool:
+    """Whether the fast path runs on ONNX Runtime (see `Bundle.load`)."""
+    if backend == "onnxruntime":
+        if device.type != "cpu":
+            raise BundleError(f"the onnxruntime backend runs on the CPU only, not on {device}")
+        if not onnxruntime_available():
+            raise BundleError("the onnxruntime backend needs the onnxruntime package (pip install onnxruntime)")
+        return True
+    return backend == "auto" and device.type == "cpu" and onnxruntime_available()
 
 
 class BundleError(ValueError):
@@ -104,6 +119,7 @@ class Bundle:
         denoisers: list[Denoiser],
         device: torch.device | str = "cpu",
         fast: bool = False,
+        backend: Backend = "auto",
     ) -> None:
         if len(denoisers) != len(spec.members) or len(spec.calibration.thresholds) != len(spec.members):
             raise BundleError("members, denoisers and thresholds differ in number")
@@ -114,11 +130,16 @@ class Bundle:
         self.thresholds = torch.tensor(spec.calibration.thresholds, dtype=torch.float32, device=self.device)
         # The fast path (defed_core.fast) computes the same outputs; the plain modules stay
         # available as `classifier` and `denoisers` (e.g. for gradients in attacks).
-        self.fast = (
-            FastEnsemble(self.classifier, self.denoisers, group_members=self.device.type == "cuda").to(self.device)
-            if fast
-            else None
-        )
+        self.fast: FastEnsemble | OnnxEnsemble | None = None
+        self.backend: str = "torch"
+        if fast:
+            ensemble = FastEnsemble(
+                self.classifier, self.denoisers, group_members=self.device.type == "cuda", input_shape=spec.input_shape
+            ).to(self.device)
+            self.fast = ensemble
+            if use_onnxruntime(backend, self.device):
+                self.fast = OnnxEnsemble(ensemble, spec.input_shape, torch.get_num_threads())
+                self.backend = "onnxruntime"
 
     # --- metadata ----------------------------------------------------------------------
 
@@ -177,6 +198,7 @@ class Bundle:
             self.denoisers,
             self.device,
             fast=self.fast is not None,
+            backend=self.backend,  # type: ignore[arg-type]
         )
 
     # --- files -------------------------------------------------------------------------
@@ -217,8 +239,12 @@ class Bundle:
         return root
 
     @classmethod
-    def load(cls, path: str | Path, device: str = "auto", fast: bool = True) -> Bundle:
-        """Load and verify a bundle directory; `fast=False` runs the plain modules instead."""
+    def load(cls, path: str | Path, device: str = "auto", fast: bool = True, backend: Backend = "auto") -> Bundle:
+        """Load and verify a bundle directory; `fast=False` runs the plain modules instead.
+
+        `backend` chooses the fast path's engine: `torch`, `onnxruntime` (CPU only), or `auto`
+        (ONNX Runtime on a CPU when it is installed, torch otherwise).
+        """
         root = Path(path)
         meta_path = root / "bundle.json"
         if not meta_path.is_file():
@@ -250,12 +276,14 @@ class Bundle:
             d = Denoiser(member.config)
             d.load_state_dict(read_weights(root, entry))
             denoisers.append(d)
-        return cls(spec, classifier, denoisers, select_device(device), fast=fast)
+        return cls(spec, classifier, denoisers, select_device(device), fast=fast, backend=backend)
 
     @classmethod
-    def load_default(cls, name: str = "mnist", device: str = "auto", fast: bool = True) -> Bundle:
+    def load_default(
+        cls, name: str = "mnist", device: str = "auto", fast: bool = True, backend: Backend = "auto"
+    ) -> Bundle:
         """A bundle shipped inside the package, by name."""
-        return cls.load(default_bundle_path(name), device, fast)
+        return cls.load(default_bundle_path(name), device, fast, backend)
 
 
 def shipped_bundles() -> list[str]:

@@ -1,6 +1,6 @@
 """A faster inference path for a loaded bundle, deciding exactly as the plain modules do.
 
-Three exact rewrites (up to float rounding):
+Exact rewrites (up to float rounding):
 
 1. **BatchNorm folded** into the convolution before it (eval mode only: running statistics are
    constants), removing a full pass over every feature map.
@@ -9,6 +9,13 @@ Three exact rewrites (up to float rounding):
    one wide network instead of K narrow ones: K× fewer kernel launches on a GPU, larger
    matrix products on a CPU. The fixed blur and edge filters are per channel already.
 3. **One classifier call** on x and the K denoised batches together, instead of two.
+4. **Fixed filters prepared once**: each blur/edge filter becomes a depthwise convolution whose
+   per-channel kernel is built at load time (the plain module builds it on every call); this also
+   gives the filter a static shape, which ONNX export needs.
+5. **The first skip stack as one matrix** when that is cheaper: `skip1` is six convolutions with
+   no activation between them, so it is one affine map of the whole image; for a small input
+   (MNIST: 784 values) a 784×784 matrix product costs 12× fewer multiply-adds than the six
+   convolutions, borders included (zero padding is part of the map).
 
 `FastEnsemble(bundle)` exposes the same `outputs` as the bundle; `Bundle.predict` uses it when
 `bundle.accelerate()` has been called.
@@ -22,7 +29,9 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from defed_core.denoiser import EFEBlock, SkipStack
 from defed_core.ensemble import MemberOutputs
+from defed_core.filters import GaussianBlur, Laplacian, SobelMagnitude
 
 
 def fold_batchnorm(conv: nn.Conv2d | nn.ConvTranspose2d, bn: nn.BatchNorm2d) -> nn.Conv2d | nn.ConvTranspose2d:
@@ -55,6 +64,85 @@ def fold_all_batchnorms(module: nn.Module) -> nn.Module:
                 child[i] = fold_batchnorm(conv, bn)
                 child[i + 1] = nn.Identity()
     return module
+
+
+class PreparedFilter(nn.Module):
+    """A fixed 3×3 filter (or the Sobel magnitude) for a known channel count, kernel built once."""
+
+    weight: Tensor
+
+    def __init__(self, kernel: Tensor, channels: int, border: str, magnitude_eps: float | None = None) -> None:
+        super().__init__()
+        k = kernel.reshape(-1, 1, 3, 3)  # (M, 1, 3, 3)
+        self.register_buffer("weight", k.repeat(channels, 1, 1, 1).contiguous(), persistent=False)  # (C·M, 1, 3, 3)
+        self.channels, self.border, self.magnitude_eps = channels, border, magnitude_eps
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = torch.nn.functional.conv2d(
+            torch.nn.functional.pad(x, (1, 1, 1, 1), mode=self.border), self.weight, groups=self.channels
+        )
+        if self.magnitude_eps is None:
+            return out
+        n, _, h, w = out.shape
+        grads = out.view(n, self.channels, 2, h, w)
+        return torch.sqrt((grads * grads).sum(dim=2) + self.magnitude_eps)
+
+
+def prepare_filters(module: nn.Module) -> nn.Module:
+    """Replace every EFE block's blur and edge filter by a PreparedFilter, in place."""
+    for block in module.modules():
+        if not isinstance(block, EFEBlock) or not block.edge_features:
+            continue
+        first = block.orignConv[0]
+        if not isinstance(first, nn.Conv2d | nn.ConvTranspose2d):
+            raise TypeError(f"unexpected EFE branch {type(first).__name__}")
+        channels = first.in_channels  # K·C once the members are grouped: the filters are per channel
+        blur, edge = block.blur, block.edge
+        if isinstance(blur, GaussianBlur):
+            setattr(block, "blur", PreparedFilter(blur.kernel, channels, "reflect"))  # noqa: B010  # typed attr
+        if isinstance(edge, Laplacian):
+            setattr(block, "edge", PreparedFilter(edge.kernel, channels, "reflect"))  # noqa: B010
+        elif isinstance(edge, SobelMagnitude):
+            setattr(block, "edge", PreparedFilter(edge.kernel, channels, "replicate", edge.eps))  # noqa: B010
+    return module
+
+
+class AffineImageMap(nn.Module):
+    """x + A·vec(x) + b: a SkipStack collapsed into one matrix product (it has no activation)."""
+
+    matrix: Tensor
+    bias: Tensor
+
+    def __init__(self, stack: SkipStack, shape: tuple[int, int, int]) -> None:
+        super().__init__()
+        size = shape[0] * shape[1] * shape[2]
+        # Built in float64 so that the matrix carries no more rounding than the convolutions do.
+        layers = copy.deepcopy(stack.layers).double()
+        with torch.no_grad():
+            offset = layers(torch.zeros(1, *shape, dtype=torch.float64))  # (1, C, H, W): the biases pushed through
+            basis = torch.eye(size, dtype=torch.float64).view(size, *shape)
+            columns = (layers(basis) - offset).view(size, size)  # row j = the map applied to e_j
+        self.register_buffer("matrix", columns.float().contiguous(), persistent=False)  # (D, D): vec(x) @ matrix
+        self.register_buffer("bias", offset.view(size).float().contiguous(), persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        flat = torch.addmm(self.bias, x.flatten(1), self.matrix)  # (N, D)
+        return x + flat.view_as(x)
+
+
+def conv_macs(stack: SkipStack, shape: tuple[int, int, int]) -> int:
+    """Multiply-adds of a SkipStack's convolutions on one image (3×3, stride 1: output = input size)."""
+    pixels = shape[1] * shape[2]
+    return sum(c.in_channels * c.out_channels * 9 * pixels for c in stack.layers if isinstance(c, nn.Conv2d))
+
+
+def collapse_skip1(denoiser: nn.Module, shape: tuple[int, int, int]) -> nn.Module:
+    """Replace the input skip stack by its matrix when the matrix product is cheaper, in place."""
+    stack = getattr(denoiser, "skip1", None)
+    size = shape[0] * shape[1] * shape[2]
+    if isinstance(stack, SkipStack) and size * size < conv_macs(stack, shape) // 2:
+        denoiser.skip1 = AffineImageMap(stack, shape)
+    return denoiser
 
 
 def group_conv(convs: list[nn.Module]) -> nn.Module:
@@ -109,15 +197,22 @@ class FastEnsemble(nn.Module):
     plain ones (docs/performance.md), so there the members run one after another, folded.
     """
 
-    def __init__(self, classifier: nn.Module, denoisers: Sequence[nn.Module], group_members: bool = True) -> None:
+    def __init__(
+        self,
+        classifier: nn.Module,
+        denoisers: Sequence[nn.Module],
+        group_members: bool = True,
+        input_shape: tuple[int, int, int] | None = None,
+    ) -> None:
         super().__init__()
         self.k = len(denoisers)
         self.group_members = group_members
         self.classifier = fold_all_batchnorms(copy.deepcopy(classifier)).eval()
-        self.stacked = stack_denoisers(denoisers) if group_members else None
-        self.members = nn.ModuleList(
-            [] if group_members else [fold_all_batchnorms(copy.deepcopy(d)).eval() for d in denoisers]
-        )
+        self.stacked = prepare_filters(stack_denoisers(denoisers)) if group_members else None
+        members = [] if group_members else [prepare_filters(fold_all_batchnorms(copy.deepcopy(d))) for d in denoisers]
+        if input_shape is not None:
+            members = [collapse_skip1(d, input_shape) for d in members]
+        self.members = nn.ModuleList([d.eval() for d in members])
 
     def denoise(self, x: Tensor) -> Tensor:
         """All members' outputs: (K, N, C, H, W)."""

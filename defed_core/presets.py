@@ -66,7 +66,9 @@ PRESETS: dict[str, Preset] = {
         version="1.0.0",
         input_shape=(3, 32, 32),
         classifier=ClassifierConfig("vgg", 3, 10),
-        classifier_training=ClassifierTraining(epochs=40, lr=2e-3, shift=4, flip=True),
+        classifier_training=ClassifierTraining(
+            epochs=40, lr=0.05, shift=4, flip=True, optimizer="sgd", weight_decay=5e-4
+        ),
         sigmas=(8.0, 16.0),
         edge="laplacian",
         denoiser_epochs=4,

@@ -1,10 +1,17 @@
-"""Choose the MNIST ensemble (members, σ, score alpha, threshold rule) by measurement on the validation split.
+"""Choose a preset's ensemble (members, σ, score alpha, threshold rule) by measurement on the validation split.
 
 The 5,000 validation images (never trained on) are halved by a seeded permutation: one half
 calibrates thresholds, the other measures the false-positive rate and is attacked (FGSM,
-PGD-L∞, PGD-L2) to measure detection. The test set is never read.
+PGD-L∞, PGD-L2 at the preset's budgets) to measure detection. The test set is never read.
 
-    python tools/select_members.py --data ../shared/datasets/mnist.npz --out runs/selection
+    python tools/select_members.py --preset mnist --data ../shared/datasets/mnist.npz --out runs/selection
+    python tools/select_members.py --preset cifar10 --data ../shared/datasets/cifar10-jpeg.npz \
+        --out runs/cifar10.checkpoints --sigmas 4,8,16,32
+
+Candidate members are trained with the preset's denoiser recipe unless --epochs or
+--images-per-epoch override it; then their checkpoints (and the classifier's) are the ones
+`defed train bundle --preset NAME --checkpoints DIR` resumes, so the chosen members are not
+trained twice.
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -25,10 +33,18 @@ from defed_core.denoiser import DenoiserConfig
 from defed_core.ensemble import member_scores, run_members
 from defed_core.pipeline import assemble, dataset_record, load_splits
 from defed_core.presets import get_preset
-from defed_core.training import DenoiserTraining, train_classifier, train_denoiser
+from defed_core.training import train_classifier, train_denoiser
 
-ATTACKS = [AttackSpec("fgsm", 0.3), AttackSpec("pgd-linf", 0.3), AttackSpec("pgd-l2", 2.0)]
-RULES = [("fpr", 0.005), ("fpr", 0.01), ("mean_std", 2.0), ("mean_std", 3.0)]
+ATTACKS = {
+    "mnist": [AttackSpec("fgsm", 0.3), AttackSpec("pgd-linf", 0.3), AttackSpec("pgd-l2", 2.0)],
+    # The budgets of the CIFAR-10 report's middle column; PGD steps scaled to ε as usual.
+    "cifar10": [
+        AttackSpec("fgsm", 8 / 255),
+        AttackSpec("pgd-linf", 8 / 255, step_size=1 / 255),
+        AttackSpec("pgd-l2", 0.5),
+    ],
+}
+RULES = [("fpr", 0.005), ("fpr", 0.01), ("fpr", 0.02), ("fpr", 0.04), ("mean_std", 2.0), ("mean_std", 3.0)]
 ALPHAS = [1.0, 0.1, 0.03, 0.01, 0.003, 0.0]
 
 
@@ -46,16 +62,18 @@ def score_terms(bundle: Bundle, x: torch.Tensor) -> tuple[torch.Tensor, torch.Te
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--preset", default="mnist", choices=sorted(ATTACKS))
     ap.add_argument("--data", required=True)
     ap.add_argument("--out", default="runs/selection")
     ap.add_argument("--sigmas", default="0,20,40,80,120")
-    ap.add_argument("--epochs", type=int, default=2)
-    ap.add_argument("--images-per-epoch", type=int, default=20000)
+    ap.add_argument("--epochs", type=int, help="denoiser epochs (default: the preset's)")
+    ap.add_argument("--images-per-epoch", type=int, help="denoiser images per epoch (default: the preset's)")
     ap.add_argument("--attacked", type=int, default=600)
     args = ap.parse_args()
     out = Path(args.out)
     device = torch.device("cpu")
-    preset = get_preset("mnist")
+    preset = get_preset(args.preset)
+    attacks = ATTACKS[args.preset]
     splits, validation = load_splits(args.data, preset)
     classifier = train_classifier(
         preset.classifier,
@@ -68,12 +86,16 @@ def main() -> None:
     sigmas = [float(s) for s in args.sigmas.split(",")]
     denoisers = []
     for sigma in sigmas:
-        training = DenoiserTraining(sigma=sigma, epochs=args.epochs, images_per_epoch=args.images_per_epoch)
+        training = replace(
+            preset.denoiser_training(sigma),
+            epochs=args.epochs or preset.denoiser_epochs,
+            images_per_epoch=args.images_per_epoch or preset.denoiser_images_per_epoch,
+        )
         denoisers.append(
             (
                 sigma,
                 train_denoiser(
-                    DenoiserConfig(1, preset.edge, "defed"),
+                    DenoiserConfig(preset.input_shape[0], preset.edge, preset.architecture),
                     training,
                     classifier,
                     validation.train,
@@ -102,7 +124,7 @@ def main() -> None:
     x_held = to_tensor(held.images[: args.attacked])
     y_held = torch.from_numpy(held.labels[: args.attacked])
     sets = {"calibration": to_tensor(calib.images), "held-out": to_tensor(held.images)}
-    for spec in ATTACKS:
+    for spec in attacks:
         adv, _, _ = successful_adversarials(classifier, x_held, y_held, spec)
         sets[spec.label] = adv
         print(f"{spec.label}: {len(adv)} successful adversarial examples", flush=True)
@@ -119,7 +141,7 @@ def main() -> None:
                     cal = calibrate(scores["calibration"][:, cols], rule, k=param, target_fpr=param)  # type: ignore[arg-type]
                     thr = torch.tensor(cal.thresholds, dtype=torch.float32)
                     flagged = {name: float((s[:, cols] > thr).any(1).float().mean()) for name, s in scores.items()}
-                    det = {a.label: flagged[a.label] for a in ATTACKS}
+                    det = {a.label: flagged[a.label] for a in attacks}
                     rows.append(
                         {
                             "sigmas": [sigmas[c] for c in cols],
@@ -135,13 +157,13 @@ def main() -> None:
     (out / "selection.json").write_text(json.dumps(rows, indent=2))
     print(
         f"{'sigmas':<18} {'alpha':>6} {'rule':<9} {'param':>6} {'FPR':>6}  "
-        + "  ".join(f"{a.label:>14}" for a in ATTACKS)
+        + "  ".join(f"{a.label:>14}" for a in attacks)
     )
     for r in rows[:40]:
         print(
             f"{','.join(f'{s:g}' for s in r['sigmas']):<18} {r['alpha']:>6g} {r['rule']:<9} {r['param']:>6g} "
             f"{r['held_out_fpr']:>6.3f}  "
-            + "  ".join(f"{r['detection'][a.label]:>14.3f}" for a in ATTACKS)
+            + "  ".join(f"{r['detection'][a.label]:>14.3f}" for a in attacks)
         )
 
 

@@ -3,9 +3,13 @@
 import pytest
 import torch
 
+from defed_core.attacks import AttackSpec, successful_adversarials
 from defed_core.bundle import Bundle
+from defed_core.data import load_sample, to_tensor
+from defed_core.denoiser import Denoiser, DenoiserConfig
 from defed_core.ensemble import run_members
-from defed_core.fast import FastEnsemble, fold_batchnorm
+from defed_core.fast import AffineImageMap, FastEnsemble, fold_batchnorm
+from defed_core.onnx_backend import OnnxEnsemble, onnxruntime_available
 from defed_core.testing import untrained_bundle
 
 
@@ -54,3 +58,56 @@ def test_folded_transposed_convolution() -> None:
     bn.running_var.uniform_(0.5, 2)
     x = torch.rand(2, 4, 5, 5)
     assert torch.allclose(bn(conv(x)), fold_batchnorm(conv, bn)(x), atol=1e-6)
+
+
+@pytest.mark.parametrize("edge", ["laplacian", "sobel"])
+@pytest.mark.parametrize("shape", [(1, 28, 28), (3, 32, 32)])
+def test_prepared_filters_and_collapsed_skip_match_plain_denoiser(edge: str, shape: tuple[int, int, int]) -> None:
+    """Rewrites 4 and 5 (prepared filters; skip1 as one matrix where cheaper) keep the outputs."""
+    torch.manual_seed(0)
+    bundle = untrained_bundle(input_shape=shape)
+    denoisers = [Denoiser(DenoiserConfig(shape[0], edge, "defed")).eval() for _ in range(2)]  # type: ignore[arg-type]
+    bundle.denoisers = denoisers
+    randomise_normalisation(bundle)
+    fast = FastEnsemble(bundle.classifier, denoisers, group_members=False, input_shape=shape)
+    collapsed = [isinstance(getattr(d, "skip1", None), AffineImageMap) for d in fast.members]
+    assert collapsed == [shape == (1, 28, 28)] * 2  # a matrix only where it is cheaper than the convolutions
+    x = torch.rand(5, *shape, generator=torch.Generator().manual_seed(2))
+    with torch.inference_mode():
+        plain, quick = run_members(bundle.classifier, denoisers, x), fast(x)
+    for name in ("logits", "denoised", "denoised_logits"):
+        assert (getattr(plain, name) - getattr(quick, name)).abs().max() <= 1e-4, name
+
+
+def test_affine_image_map_is_the_skip_stack() -> None:
+    """The matrix form includes the zero-padded borders: compare on images bright at the edges."""
+    torch.manual_seed(0)
+    stack = Denoiser(DenoiserConfig(1, "laplacian", "defed")).skip1
+    x = torch.zeros(3, 1, 28, 28)
+    x[:, :, 0, :] = x[:, :, :, -1] = 1.0  # borders only
+    x[2] = torch.rand(1, 28, 28)
+    with torch.no_grad():
+        assert (stack(x) - AffineImageMap(stack, (1, 28, 28))(x)).abs().max() <= 1e-5
+
+
+@pytest.mark.skipif(not onnxruntime_available(), reason="onnxruntime is not installed")
+def test_onnxruntime_backend_scores_match_plain_modules_on_benign_and_attacked_images() -> None:
+    """The shipped bundle: ONNX Runtime fast path vs plain eager modules, max |Δscore| ≤ 1e-4."""
+    onnx = Bundle.load_default("mnist", "cpu", backend="onnxruntime")
+    torch_fast = Bundle.load_default("mnist", "cpu", backend="torch")
+    plain = Bundle.load_default("mnist", "cpu", fast=False)
+    assert onnx.backend == "onnxruntime" and isinstance(onnx.fast, OnnxEnsemble)
+    assert torch_fast.backend == "torch" and isinstance(torch_fast.fast, FastEnsemble)
+    sample = load_sample("mnist").head(64)
+    benign = to_tensor(sample.images)
+    attacked, _, _ = successful_adversarials(
+        plain.classifier, benign, torch.from_numpy(sample.labels), AttackSpec("fgsm", 0.3)
+    )
+    assert len(attacked) > 10
+    for x in (benign, attacked):
+        reference = plain.predict(x)
+        for candidate in (onnx, torch_fast):
+            got = candidate.predict(x)
+            assert (got.scores - reference.scores).abs().max() <= 1e-4
+            assert torch.equal(got.adversarial, reference.adversarial) and torch.equal(got.label, reference.label)
+    assert onnx.predict(benign[:1]).scores.shape == (1, 2)  # the exported graph takes any batch size
