@@ -2,9 +2,11 @@
 
     python bench/ensemble.py --bundle mnist --batches 1,8,64,256 --seconds 3
 
-Both paths run `Bundle.predict` (validation, networks, scores, decisions, copy to the CPU) on the
-same real MNIST test digits; the fast path is `defed_core.fast.FastEnsemble`. Each cell runs for
-about `--seconds` after a warm-up; frames/s and per-batch latency (median) are printed as a table.
+Every path runs `Bundle.predict` (validation, networks, scores, decisions, copy to the CPU) on the
+same real test images of the bundle's dataset: the plain eager modules built from DESIGN §1, the
+fast path in torch (`defed_core.fast.FastEnsemble`) and, on a CPU with onnxruntime installed, the
+fast path on ONNX Runtime (`defed_core.onnx_backend`). Each cell runs for about `--seconds` after a
+warm-up; frames/s and per-batch latency (median) are printed as a table, with speed-ups over plain.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import torch
 from defed_core import Bundle
 from defed_core.bundle import resolve_bundle_path
 from defed_core.data import load_sample
+from defed_core.onnx_backend import onnxruntime_available
 
 
 def measure(bundle: Bundle, batch: torch.Tensor, seconds: float) -> tuple[float, float]:
@@ -34,6 +37,37 @@ def measure(bundle: Bundle, batch: torch.Tensor, seconds: float) -> tuple[float,
     return len(batch) * len(times) / sum(times), statistics.median(times) * 1000
 
 
+def rows(bundles: dict[str, Bundle], images: np.ndarray, batches: list[int], seconds: float) -> list[dict[str, float]]:
+    """One row per batch size: frames/s and median ms per batch for every path."""
+    table = []
+    for b in batches:
+        batch = torch.from_numpy(images[np.arange(b) % len(images)])  # (b, H, W, C)
+        row: dict[str, float] = {"batch": b}
+        for name, bundle in bundles.items():
+            row[f"{name}_fps"], row[f"{name}_ms"] = measure(bundle, batch, seconds)
+        table.append(row)
+    return table
+
+
+def markdown(table: list[dict[str, float]], paths: list[str]) -> str:
+    head = ["batch"] + [f"{p} frames/s" for p in paths] + [f"{p} ×" for p in paths[1:]]
+    head += [f"{p} ms/batch" for p in paths]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in table:
+        cells = [f"{r['batch']:.0f}"] + [f"{r[f'{p}_fps']:.0f}" for p in paths]
+        cells += [f"{r[f'{p}_fps'] / r['plain_fps']:.2f}×" for p in paths[1:]]
+        cells += [f"{r[f'{p}_ms']:.2f}" for p in paths]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def load_paths(path: str, device: str) -> dict[str, Bundle]:
+    bundles = {"plain": Bundle.load(path, device, fast=False), "fast-torch": Bundle.load(path, device, backend="torch")}
+    if torch.device(bundles["plain"].device).type == "cpu" and onnxruntime_available():
+        bundles["fast-onnx"] = Bundle.load(path, device, backend="onnxruntime")
+    return bundles
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bundle", default="mnist")
@@ -43,17 +77,12 @@ def main() -> None:
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    path = resolve_bundle_path(args.bundle)
-    plain, fast = Bundle.load(path, "auto", fast=False), Bundle.load(path, "auto", fast=True)
-    images = load_sample("mnist").images  # (256, 28, 28, 1) uint8
+    bundles = load_paths(str(resolve_bundle_path(args.bundle)), "auto")
+    plain = bundles["plain"]
+    images = load_sample("cifar10" if plain.input_shape[0] == 3 else "mnist").images  # (256, H, W, C) uint8
     print(f"device {plain.device}, torch {torch.__version__}, {torch.get_num_threads()} threads")
-    print("| batch | plain frames/s | fast frames/s | speed-up | plain ms/batch | fast ms/batch |")
-    print("|---|---|---|---|---|---|")
-    for b in (int(s) for s in args.batches.split(",")):
-        batch = torch.from_numpy(images[np.arange(b) % len(images)])  # (b, 28, 28, 1)
-        p_fps, p_ms = measure(plain, batch, args.seconds)
-        f_fps, f_ms = measure(fast, batch, args.seconds)
-        print(f"| {b} | {p_fps:.0f} | {f_fps:.0f} | {f_fps / p_fps:.2f}× | {p_ms:.2f} | {f_ms:.2f} |", flush=True)
+    table = rows(bundles, images, [int(s) for s in args.batches.split(",")], args.seconds)
+    print(markdown(table, list(bundles)))
 
 
 if __name__ == "__main__":

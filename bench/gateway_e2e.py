@@ -79,8 +79,17 @@ def percentiles(values: list[float]) -> dict[str, float]:
     return {"p50": round(float(p50), 2), "p95": round(float(p95), 2), "p99": round(float(p99), 2)}
 
 
+def peak_rss_mb(pid: int) -> float:
+    """The process's peak resident set (VmHWM), in MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def start_gateway(workdir: Path, port: int, bundle: Path, batch: int, wait_ms: float,
-                  threads: int) -> subprocess.Popen[bytes]:
+                  threads: int) -> tuple[subprocess.Popen[bytes], float]:
+    """The gateway as a subprocess, and the seconds from exec to systemd READY=1."""
     config = workdir / f"gateway-{batch}.toml"
     config.write_text(
         f'state_dir = "{workdir / f"state-{batch}"}"\nstats_interval_s = 60\n'
@@ -94,17 +103,19 @@ def start_gateway(workdir: Path, port: int, bundle: Path, batch: int, wait_ms: f
     notify.bind(str(notify_path))
     notify.settimeout(120)
     env = {**os.environ, "NOTIFY_SOCKET": str(notify_path)}
+    started = time.perf_counter()
     process = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve", "--config", str(config)], env=env,
                                stderr=(workdir / f"gateway-{batch}.log").open("wb"))
     while b"READY=1" not in notify.recv(4096):
         pass
+    ready_s = time.perf_counter() - started
     notify.close()
-    return process
+    return process, ready_s
 
 
 def run_gateway(broker: PrivateBroker, workdir: Path, bundle: Path, frames: list[bytes], batch: int,
                 wait_ms: float, threads: int) -> dict[str, Any]:
-    process = start_gateway(workdir, broker.port, bundle, batch, wait_ms, threads)
+    process, ready_s = start_gateway(workdir, broker.port, bundle, batch, wait_ms, threads)
     done = threading.Event()
     received: dict[str, tuple[float, float]] = {}  # frame_id → (arrival time, gateway latency_ms)
 
@@ -133,6 +144,7 @@ def run_gateway(broker: PrivateBroker, workdir: Path, bundle: Path, frames: list
         camera.publish(f"cameras/cam{i % 8}/frames", payload, qos=1, properties=props)
     finished = done.wait(600)
     elapsed = max(t for t, _ in received.values()) - start if received else float("nan")
+    rss_mb = peak_rss_mb(process.pid)
     process.terminate()
     process.wait(60)
     for client in (camera, listener):
@@ -143,6 +155,8 @@ def run_gateway(broker: PrivateBroker, workdir: Path, bundle: Path, frames: list
     return {
         "max_batch": batch,
         "fps": round(len(frames) / elapsed, 1),
+        "startup_to_ready_s": round(ready_s, 2),
+        "peak_rss_mb": round(rss_mb, 1),
         "gateway_latency_ms": percentiles([lat for _, lat in received.values()]),
         "camera_latency_ms": percentiles([(received[k][0] - sent_at[k]) * 1000 for k in received]),
     }

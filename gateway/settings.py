@@ -19,6 +19,7 @@ from gateway.errors import UserError
 
 MqttProtocol = Literal["5", "3.1.1"]
 DeviceChoice = Literal["auto", "cpu", "cuda"]
+BackendChoice = Literal["auto", "torch", "onnxruntime"]
 LogFormat = Literal["auto", "json", "console"]
 LogLevel = Literal["debug", "info", "warning", "error"]
 
@@ -89,6 +90,7 @@ class BatchingSettings(Group):
 class ModelSettings(Group):
     bundle: str = "mnist"
     device: DeviceChoice = "auto"
+    backend: BackendChoice = "auto"
     threads: int = Field(0, ge=0, le=1024)
 
 
