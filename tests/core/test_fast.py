@@ -1,5 +1,7 @@
 """The fast inference path decides exactly as the plain modules."""
 
+import copy
+
 import pytest
 import torch
 
@@ -87,7 +89,10 @@ def test_affine_image_map_is_the_skip_stack() -> None:
     x[:, :, 0, :] = x[:, :, :, -1] = 1.0  # borders only
     x[2] = torch.rand(1, 28, 28)
     with torch.no_grad():
-        assert (stack(x) - AffineImageMap(stack, (1, 28, 28))(x)).abs().max() <= 1e-5
+        exact = copy.deepcopy(stack).double()(x.double())
+        plain_error = (stack(x) - exact).abs().max()
+        map_error = (AffineImageMap(stack, (1, 28, 28))(x) - exact).abs().max()
+    assert map_error <= max(10 * plain_error, 1e-5)  # float32 rounding, of the plain convolutions' order
 
 
 @pytest.mark.skipif(not onnxruntime_available(), reason="onnxruntime is not installed")
