@@ -32,6 +32,8 @@ DEFAULT_BUNDLES = "bundles"
 
 
 Backend = Literal["auto", "torch", "onnxruntime"]
+Precision = Literal["fp32", "fp16", "bf16"]
+AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def use_onnxruntime(backend: Backend, device: torch.device) -> bool:
@@ -120,6 +122,7 @@ class Bundle:
         device: torch.device | str = "cpu",
         fast: bool = False,
         backend: Backend = "auto",
+        precision: Precision = "fp32",
     ) -> None:
         if len(denoisers) != len(spec.members) or len(spec.calibration.thresholds) != len(spec.members):
             raise BundleError("members, denoisers and thresholds differ in number")
@@ -132,6 +135,9 @@ class Bundle:
         # available as `classifier` and `denoisers` (e.g. for gradients in attacks).
         self.fast: FastEnsemble | OnnxEnsemble | None = None
         self.backend: str = "torch"
+        self.precision: Precision = precision
+        if precision != "fp32" and (not fast or use_onnxruntime(backend, self.device)):
+            raise BundleError(f"precision {precision} needs the torch fast path (backend torch, fast=True)")
         if fast:
             ensemble = FastEnsemble(
                 self.classifier, self.denoisers, group_members=self.device.type == "cuda", input_shape=spec.input_shape
@@ -166,13 +172,30 @@ class Bundle:
     # --- inference ---------------------------------------------------------------------
 
     def prepare(self, x: Tensor | np.ndarray) -> Tensor:
-        """Validate frames and move them to the bundle's device as float (N, C, H, W)."""
+        """Validate frames and move them to the bundle's device as float (N, C, H, W).
+
+        On a GPU, uint8 frames cross the bus as uint8 (a quarter of the bytes of float) from
+        pinned memory, asynchronously, and become float on the device.
+        """
+        if self.device.type == "cuda" and isinstance(x, Tensor | np.ndarray) and x.dtype in (torch.uint8, np.uint8):
+            frames = torch.from_numpy(x) if isinstance(x, np.ndarray) else x
+            ensure_model_input(frames[:0], self.input_shape)  # the shape check alone, on no data
+            on_device = frames.pin_memory().to(self.device, non_blocking=True)
+            return on_device.permute(0, 3, 1, 2).float().div_(255.0)
         return ensure_model_input(x, self.input_shape).to(self.device, non_blocking=True)
 
     @torch.inference_mode()
     def outputs(self, x: Tensor) -> tuple[MemberOutputs, Tensor]:
         """Network outputs and scores (N, K) for prepared frames."""
-        out = self.fast(x) if self.fast is not None else run_members(self.classifier, self.denoisers, x)
+        if self.fast is None:
+            out = run_members(self.classifier, self.denoisers, x)
+        elif self.precision == "fp32":
+            out = self.fast(x)
+        else:
+            # Networks in half precision; scores and decisions in float32 from their outputs.
+            with torch.autocast(self.device.type, dtype=AUTOCAST_DTYPES[self.precision]):
+                half = self.fast(x)
+            out = MemberOutputs(half.logits.float(), half.denoised.float(), half.denoised_logits.float())
         return out, member_scores(out, x, self.alpha)
 
     @torch.inference_mode()
@@ -199,6 +222,7 @@ class Bundle:
             self.device,
             fast=self.fast is not None,
             backend=self.backend,  # type: ignore[arg-type]
+            precision=self.precision,
         )
 
     # --- files -------------------------------------------------------------------------
@@ -239,11 +263,20 @@ class Bundle:
         return root
 
     @classmethod
-    def load(cls, path: str | Path, device: str = "auto", fast: bool = True, backend: Backend = "auto") -> Bundle:
+    def load(
+        cls,
+        path: str | Path,
+        device: str = "auto",
+        fast: bool = True,
+        backend: Backend = "auto",
+        precision: Precision = "fp32",
+    ) -> Bundle:
         """Load and verify a bundle directory; `fast=False` runs the plain modules instead.
 
         `backend` chooses the fast path's engine: `torch`, `onnxruntime` (CPU only), or `auto`
-        (ONNX Runtime on a CPU when it is installed, torch otherwise).
+        (ONNX Runtime on a CPU when it is installed, torch otherwise). `precision` fp16/bf16
+        runs the torch fast path's networks under autocast (meant for GPUs; docs/performance.md
+        gives its measured effect on scores).
         """
         root = Path(path)
         meta_path = root / "bundle.json"
@@ -276,14 +309,19 @@ class Bundle:
             d = Denoiser(member.config)
             d.load_state_dict(read_weights(root, entry))
             denoisers.append(d)
-        return cls(spec, classifier, denoisers, select_device(device), fast=fast, backend=backend)
+        return cls(spec, classifier, denoisers, select_device(device), fast=fast, backend=backend, precision=precision)
 
     @classmethod
     def load_default(
-        cls, name: str = "mnist", device: str = "auto", fast: bool = True, backend: Backend = "auto"
+        cls,
+        name: str = "mnist",
+        device: str = "auto",
+        fast: bool = True,
+        backend: Backend = "auto",
+        precision: Precision = "fp32",
     ) -> Bundle:
         """A bundle shipped inside the package, by name."""
-        return cls.load(default_bundle_path(name), device, fast, backend)
+        return cls.load(default_bundle_path(name), device, fast, backend, precision)
 
 
 def shipped_bundles() -> list[str]:

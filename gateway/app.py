@@ -19,7 +19,7 @@ import torch
 from prometheus_client import CollectorRegistry, start_http_server
 
 from defed_core import Bundle, BundleError
-from defed_core.bundle import Backend, resolve_bundle_path
+from defed_core.bundle import Backend, Precision, resolve_bundle_path
 from gateway.audit import AuditLog
 from gateway.batcher import Batcher
 from gateway.codec import FrameCodec
@@ -39,10 +39,12 @@ log = structlog.get_logger("gateway.app")
 PURGE_INTERVAL_S = 3600.0
 
 
-def load_bundle(name_or_path: str, device: str, backend: Backend = "auto") -> Bundle:
+def load_bundle(
+    name_or_path: str, device: str, backend: Backend = "auto", precision: Precision = "fp32"
+) -> Bundle:
     """`model.bundle` is a directory holding bundle.json, or the name of a shipped bundle."""
     try:
-        return Bundle.load(resolve_bundle_path(name_or_path), device, backend=backend)
+        return Bundle.load(resolve_bundle_path(name_or_path), device, backend=backend, precision=precision)
     except (BundleError, RuntimeError, ValueError) as exc:
         raise UserError(f"model.bundle: cannot load {name_or_path!r}: {exc}") from None
 
@@ -71,7 +73,7 @@ class Gateway:
         # Model: loaded and warm before we take a single frame.
         if s.model.threads:
             torch.set_num_threads(s.model.threads)
-        self.bundle = load_bundle(s.model.bundle, s.model.device, s.model.backend)
+        self.bundle = load_bundle(s.model.bundle, s.model.device, s.model.backend, s.model.precision)
         warm_up(self.bundle, s.batching.max_batch)
         log.info("model ready", bundle=self.bundle.name, version=self.bundle.version,
                  device=str(self.bundle.device), backend=self.bundle.backend, input_shape=list(self.bundle.input_shape))

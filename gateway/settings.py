@@ -20,6 +20,7 @@ from gateway.errors import UserError
 MqttProtocol = Literal["5", "3.1.1"]
 DeviceChoice = Literal["auto", "cpu", "cuda"]
 BackendChoice = Literal["auto", "torch", "onnxruntime"]
+PrecisionChoice = Literal["fp32", "fp16", "bf16"]
 LogFormat = Literal["auto", "json", "console"]
 LogLevel = Literal["debug", "info", "warning", "error"]
 
@@ -91,6 +92,7 @@ class ModelSettings(Group):
     bundle: str = "mnist"
     device: DeviceChoice = "auto"
     backend: BackendChoice = "auto"
+    precision: PrecisionChoice = "fp32"
     threads: int = Field(0, ge=0, le=1024)
 
 

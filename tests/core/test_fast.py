@@ -1,12 +1,13 @@
 """The fast inference path decides exactly as the plain modules."""
 
 import copy
+from pathlib import Path
 
 import pytest
 import torch
 
 from defed_core.attacks import AttackSpec, successful_adversarials
-from defed_core.bundle import Bundle
+from defed_core.bundle import Bundle, BundleError
 from defed_core.data import load_sample, to_tensor
 from defed_core.denoiser import Denoiser, DenoiserConfig
 from defed_core.ensemble import run_members
@@ -116,3 +117,20 @@ def test_onnxruntime_backend_scores_match_plain_modules_on_benign_and_attacked_i
             assert (got.scores - reference.scores).abs().max() <= 1e-4
             assert torch.equal(got.adversarial, reference.adversarial) and torch.equal(got.label, reference.label)
     assert onnx.predict(benign[:1]).scores.shape == (1, 2)  # the exported graph takes any batch size
+
+
+def test_half_precision_runs_the_torch_fast_path_and_keeps_float32_scores(bundle_dir: Path) -> None:
+    full = Bundle.load(bundle_dir, "cpu", backend="torch")
+    half = Bundle.load(bundle_dir, "cpu", backend="torch", precision="bf16")
+    x = torch.rand(8, 1, 28, 28, generator=torch.Generator().manual_seed(3))
+    a, b = full.predict(x), half.predict(x)
+    assert b.scores.dtype == torch.float32 and b.scores.shape == a.scores.shape
+    assert ((b.scores - a.scores).abs() / a.scores.abs()).max() < 0.2  # bf16 keeps ~3 significant digits
+
+
+@pytest.mark.parametrize("options", [{"fast": False}, {"backend": "onnxruntime"}])
+def test_half_precision_needs_the_torch_fast_path(bundle_dir: Path, options: dict[str, object]) -> None:
+    if options.get("backend") == "onnxruntime" and not onnxruntime_available():
+        pytest.skip("onnxruntime is not installed")
+    with pytest.raises(BundleError, match="precision fp16 needs the torch fast path"):
+        Bundle.load(bundle_dir, "cpu", precision="fp16", **options)  # type: ignore[arg-type]
