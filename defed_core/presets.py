@@ -71,7 +71,7 @@ PRESETS: dict[str, Preset] = {
         ),
         sigmas=(8.0, 16.0),
         edge="laplacian",
-        denoiser_epochs=4,
+        denoiser_epochs=3,
         denoiser_images_per_epoch=20_000,
         rule="fpr",
         target_fpr=0.02,
