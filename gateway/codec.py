@@ -17,11 +17,10 @@ import cv2
 import numpy as np
 
 from defed_core.data import DatasetError, fit_image
+from gateway import MAX_PIXELS
 from gateway.frames import Delivery, ErrorCode, Frame, Rejection
 
 MAX_FRAME_ID_CHARS = 128
-# A decompression bomb guard: a small PNG can declare a gigapixel image.
-MAX_PIXELS = 50_000_000
 
 
 class FrameError(Exception):
@@ -49,6 +48,9 @@ class FrameCodec:
             return self.decode_or_raise(delivery)
         except FrameError as exc:
             return Rejection(delivery, exc.frame_id, exc.error, exc.detail)
+        except Exception as exc:  # a bug must not end the MQTT network thread
+            # Answered like any undecodable frame; the fuzz tests (tests/faults) assert this never happens.
+            return Rejection(delivery, None, "undecodable_image", f"internal error: {type(exc).__name__}: {exc}")
 
     def decode_or_raise(self, delivery: Delivery) -> Frame:
         payload = delivery.payload
@@ -119,7 +121,13 @@ def user_property_ts(properties: dict[str, str]) -> float | None:
 def decode_image(data: bytes) -> np.ndarray:
     if not data:
         raise FrameError("undecodable_image", "empty image")
-    image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    try:
+        image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    except cv2.error as exc:
+        # OpenCV raises (rather than returning None) for a header it refuses, e.g. dimensions
+        # over its limits (a decompression bomb guard, see gateway/__init__.py).
+        reason = " ".join(str(exc).split())[-200:]
+        raise FrameError("unsupported_image", f"{len(data)} bytes: OpenCV refused the image: {reason}") from None
     if image is None or image.size == 0:
         raise FrameError("undecodable_image", f"{len(data)} bytes are not an image OpenCV can decode")
     if image.shape[0] * image.shape[1] > MAX_PIXELS:

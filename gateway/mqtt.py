@@ -11,14 +11,15 @@
 
 from __future__ import annotations
 
-import ssl
 import threading
 import time
 from collections.abc import Callable
 
 import paho.mqtt.client as paho
+import paho.mqtt.properties as paho_properties
 import structlog
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from paho.mqtt.exception import MalformedPacket
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
@@ -34,6 +35,29 @@ OUTGOING_INFLIGHT = 200  # results in flight to the broker before paho queues th
 
 DeliveryHandler = Callable[[Delivery], None]
 Delivered = Callable[[], None]
+
+
+def read_utf_accepting_bom(buffer: bytes, maxlen: int) -> tuple[str, int]:
+    """paho's property string reader, except that U+FEFF is accepted.
+
+    paho rejects a property string holding U+FEFF as a malformed packet and drops the connection,
+    but MQTT 5 (1.5.4, [MQTT-1.5.4-3]) makes U+FEFF legal and the broker forwards it. A camera
+    that put one in a user property would otherwise disconnect the gateway on every redelivery of
+    its unacknowledged frame, forever (found by tests/faults/test_fuzz.py). The other checks —
+    surrogates, NUL — stay, and the broker enforces them before us anyway.
+    """
+    if maxlen < 2:
+        raise MalformedPacket("Not enough data to read string length")
+    length = int.from_bytes(buffer[:2], "big")
+    if length > maxlen - 2:
+        raise MalformedPacket("Length delimited string too long")
+    text = bytes(buffer[2:2 + length]).decode("utf-8")
+    if any(0xD800 <= ord(c) <= 0xDFFF or c == "\0" for c in text):
+        raise MalformedPacket("[MQTT-1.5.4] surrogate or NUL in UTF-8 data")
+    return text, length + 2
+
+
+paho_properties.readUTF = read_utf_accepting_bom
 
 
 class PublishTracker:
@@ -104,10 +128,9 @@ class BrokerLink:
         )
         if s.username is not None:
             client.username_pw_set(s.username, s.password.get_secret_value() if s.password else None)
-        if s.tls_ca or s.tls_cert:
-            client.tls_set(ca_certs=str(s.tls_ca) if s.tls_ca else None,
-                           certfile=str(s.tls_cert) if s.tls_cert else None,
-                           keyfile=str(s.tls_key) if s.tls_key else None, cert_reqs=ssl.CERT_REQUIRED)
+        tls = s.tls_context()  # the files were checked when the settings were read
+        if tls is not None:
+            client.tls_set_context(tls)
         client.will_set(self.status_topic, "offline", qos=1, retain=True)
         client.reconnect_delay_set(s.reconnect_min_s, s.reconnect_max_s)
         client.max_inflight_messages_set(OUTGOING_INFLIGHT)

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import os
 import socket
+import ssl
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from gateway.errors import UserError
@@ -76,10 +77,45 @@ class MqttSettings(Group):
 
     @field_validator("tls_ca", "tls_cert", "tls_key")
     @classmethod
-    def existing_file(cls, path: Path | None) -> Path | None:
-        if path is not None and not path.is_file():
+    def readable_file(cls, path: Path | None) -> Path | None:
+        if path is None:
+            return None
+        if not path.is_file():
             raise ValueError(f"no such file: {path}")
+        try:
+            with path.open("rb") as f:
+                f.read(1)
+        except OSError as exc:
+            raise ValueError(f"cannot read {path}: {exc.strerror}") from None
         return path
+
+    @model_validator(mode="after")
+    def tls_files_load(self) -> MqttSettings:
+        """Certificates that do not load are a bad setting, reported before anything starts."""
+        if self.tls_key is not None and self.tls_cert is None:
+            raise ValueError("tls_key is set without tls_cert")
+        self.tls_context()
+        return self
+
+    def tls_context(self) -> ssl.SSLContext | None:
+        """The TLS context for the broker connection, or None when no TLS file is set.
+
+        The broker's certificate is verified (against `tls_ca`, else the system's CAs), host name
+        included; `tls_cert`/`tls_key` are our client certificate, when the broker asks for one.
+        """
+        if self.tls_ca is None and self.tls_cert is None:
+            return None
+        try:
+            context = ssl.create_default_context(cafile=str(self.tls_ca) if self.tls_ca else None)
+        except (ssl.SSLError, OSError) as exc:
+            raise ValueError(f"tls_ca {self.tls_ca} is not a CA certificate file: {exc}") from None
+        if self.tls_cert is not None:
+            try:
+                context.load_cert_chain(str(self.tls_cert), str(self.tls_key) if self.tls_key else None)
+            except (ssl.SSLError, OSError) as exc:
+                raise ValueError(f"tls_cert {self.tls_cert} / tls_key {self.tls_key} do not load as a "
+                                 f"certificate and its key: {exc}") from None
+        return context
 
 
 class BatchingSettings(Group):
@@ -169,7 +205,9 @@ def describe(error: ValidationError) -> str:
     for e in error.errors():
         name = ".".join(str(p) for p in e["loc"]) or "settings"
         message = e["msg"].removeprefix("Value error, ")
-        shown = "" if e["type"] in ("missing", "extra_forbidden") else f" (got {e['input']!r})"
+        # A secret's value is never echoed, whatever is wrong with it.
+        secret = any("password" in str(p) for p in e["loc"])
+        shown = "" if e["type"] in ("missing", "extra_forbidden") or secret else f" (got {e['input']!r})"
         parts.append(f"{name}: {message}{shown}")
     return "invalid setting " + "; ".join(parts)
 
