@@ -66,8 +66,9 @@ PRESETS: dict[str, Preset] = {
         version="1.0.0",
         input_shape=(3, 32, 32),
         classifier=ClassifierConfig("vgg", 3, 10),
+        # 40 epochs at lr 0.05 reached 83.9 % test accuracy; longer, with label smoothing, for ≥ 85 %.
         classifier_training=ClassifierTraining(
-            epochs=40, lr=0.05, shift=4, flip=True, optimizer="sgd", weight_decay=5e-4
+            epochs=70, lr=0.1, shift=4, flip=True, optimizer="sgd", weight_decay=5e-4, label_smoothing=0.1
         ),
         sigmas=(8.0, 16.0),
         edge="laplacian",

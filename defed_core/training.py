@@ -37,6 +37,7 @@ class ClassifierTraining:
     # Adam suits the small LeNet; the BatchNorm VGG generalises better with SGD + momentum + weight decay.
     optimizer: Literal["adam", "sgd"] = "adam"
     weight_decay: float = 0.0
+    label_smoothing: float = 0.0
     seed: int = 0
 
 
@@ -131,7 +132,7 @@ def train_classifier(
         )
         for x, y in bar:
             x = augment(x, training.shift, training.flip, gen).to(device)
-            loss = F.cross_entropy(model(x), y.to(device))
+            loss = F.cross_entropy(model(x), y.to(device), label_smoothing=training.label_smoothing)
             opt.zero_grad(set_to_none=True)
             loss.backward()  # type: ignore[no-untyped-call]  # torch does not annotate backward
             opt.step()
