@@ -59,6 +59,8 @@ class Gateway:
         self.notifier = SystemdNotifier()
         self.prefix = settings.mqtt.output_prefix
         self.failed = False
+        self.next_drop_log = 0.0  # drops are logged at most once a second, with how many since
+        self.dropped_unlogged = 0
 
     def run(self, shutdown: ShutdownRequest) -> int:
         self.shutdown_request = shutdown
@@ -91,7 +93,8 @@ class Gateway:
         formatter = EventFormatter(self.bundle.name, self.bundle.version, self.bundle.classes,
                                    self.bundle.thresholds.tolist())
         self.publisher = ResultPublisher(self.link, self.audit, formatter, self.stats, self.prefix,
-                                         self.acknowledge, time.monotonic)
+                                         self.acknowledge, time.monotonic,
+                                         on_audit_state=lambda status: self.notifier.send(f"STATUS={status}"))
         self.batcher: Batcher[Frame] = Batcher(s.batching.max_batch, s.batching.max_wait_ms, s.batching.queue_capacity)
         self.stats.queue_depth = self.batcher.__len__
         self.worker = InferenceWorker(self.bundle, self.batcher, self.publisher.batch_decided, self.stats,
@@ -125,7 +128,9 @@ class Gateway:
         result = self.codec.decode(delivery)
         if isinstance(result, Rejection):
             self.publisher.rejected(result)
-        elif not self.batcher.put(result):
+        elif len(self.inflight) > self.settings.batching.queue_capacity or not self.batcher.put(result):
+            # Over our Receive Maximum: mosquitto 2.0 sends past it once acknowledgements flow
+            # (docs/reliability.md), so we hold to it ourselves, which bounds our memory.
             self.drop(delivery, result.frame_id)
 
     def drop(self, delivery: Delivery, frame_id: str) -> None:
@@ -135,8 +140,12 @@ class Gateway:
             return
         # Overload: acknowledged without a result, so that it does not hold the broker's window.
         self.stats.count("dropped")
-        log.warning("frame dropped, queue full", device_id=delivery.device_id, frame_id=frame_id,
-                    capacity=self.batcher.capacity)
+        self.dropped_unlogged += 1
+        now = time.monotonic()
+        if now >= self.next_drop_log:  # one line a second under overload, not one per frame
+            log.warning("frame dropped, queue full", device_id=delivery.device_id, frame_id=frame_id,
+                        capacity=self.batcher.capacity, dropped=self.dropped_unlogged)
+            self.next_drop_log, self.dropped_unlogged = now + 1.0, 0
         self.acknowledge(delivery)
 
     def acknowledge(self, delivery: Delivery) -> None:

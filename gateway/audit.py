@@ -27,6 +27,7 @@ from sqlalchemy import (
     delete,
     event,
     select,
+    text,
     tuple_,
 )
 from sqlalchemy.dialects import postgresql, sqlite
@@ -35,6 +36,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 from sqlalchemy.pool import ConnectionPoolEntry
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+WRITE_TIMEOUT_MS = 5000  # a write waits this long for a lock before it fails
 
 
 class Base(DeclarativeBase):
@@ -90,7 +92,7 @@ def set_sqlite_pragmas(dbapi_connection: DBAPIConnection, _record: ConnectionPoo
     # before the frame is acknowledged to the broker, even across a power cut.
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=FULL")
-    cursor.execute("PRAGMA busy_timeout=5000")
+    cursor.execute(f"PRAGMA busy_timeout={WRITE_TIMEOUT_MS}")
     cursor.close()
 
 
@@ -131,6 +133,10 @@ class AuditLog:
         rows = [self.row(r, decided_at) for r in records]
         keys = [(r.device_id, r.frame_id) for r in records]
         with Session(self.engine) as session, session.begin():
+            if self.engine.dialect.name == "postgresql":
+                # A locked table or a stuck server fails the write after this long (SQLite's
+                # busy_timeout does the same), so the publisher can say so and retry.
+                session.execute(text(f"SET LOCAL statement_timeout = {WRITE_TIMEOUT_MS}"))
             session.execute(self.insert_ignoring_duplicates(), rows)
             found = session.execute(
                 select(QuarantineEvent.device_id, QuarantineEvent.frame_id, QuarantineEvent.id)

@@ -17,7 +17,7 @@ WINDOW = 2048  # recent frames and batches the percentiles are computed over
 class GatewayStats:
     """Thread-safe counters, plus recent latencies and batch sizes for percentiles."""
 
-    COUNTERS = ("received", "labelled", "quarantined", "errors", "dropped", "batches")
+    COUNTERS = ("received", "labelled", "quarantined", "errors", "dropped", "batches", "audit_write_failures")
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -25,6 +25,7 @@ class GatewayStats:
         self._latencies_ms: deque[float] = deque(maxlen=WINDOW)
         self._batch_sizes: deque[int] = deque(maxlen=WINDOW)
         self.queue_depth: Callable[[], int] = lambda: 0  # the app points this at the batcher's length
+        self.audit_pending: Callable[[], int] = lambda: 0  # the publisher: frames waiting for the audit log
 
     def count(self, name: str, n: int = 1) -> None:
         with self._lock:
@@ -48,6 +49,7 @@ class GatewayStats:
         return {
             **counts,
             "queue_depth": self.queue_depth(),
+            "audit_pending": self.audit_pending(),
             "batch_size": percentiles(sizes, mean=True),
             "latency_ms": percentiles(latencies),
         }
@@ -74,6 +76,8 @@ class StatsCollector(Collector):
             yield CounterMetricFamily(f"defed_frames_{name}" if name != "batches" else "defed_batches",
                                       f"Frames {name}" if name != "batches" else "Batches run", value=snap[name])
         yield GaugeMetricFamily("defed_queue_depth", "Frames waiting for a batch", value=snap["queue_depth"])
+        yield GaugeMetricFamily("defed_audit_pending", "Quarantined frames held unacknowledged until the audit log "
+                                "can be written", value=snap["audit_pending"])
         latency = GaugeMetricFamily("defed_latency_ms", "Receipt-to-publish latency percentiles (recent frames)",
                                     labels=["quantile"])
         for q, v in snap["latency_ms"].items():

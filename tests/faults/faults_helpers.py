@@ -137,6 +137,7 @@ class Stream(threading.Thread):
         super().__init__(daemon=True)
         self.camera, self.frames, self.fps = camera, frames, fps
         self.sent = 0
+        self.sent_at: dict[str, float] = {}  # frame_id → when it was handed to the camera
         self.started_at = self.finished_at = 0.0
         self._halt = threading.Event()
 
@@ -146,6 +147,7 @@ class Stream(threading.Thread):
             # Pacing a load generator: the one place where waiting for the clock is the point.
             if self._halt.wait(max(0.0, self.started_at + i / self.fps - time.monotonic())):
                 break
+            self.sent_at[frame_id] = time.monotonic()
             self.camera.send(device, payload, frame_id=frame_id)
             self.sent = i + 1
         self.finished_at = time.monotonic()
