@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 from faults_helpers import Gateway, Stream, TimedListener, audit_counts, full_or_ci, keys, make_frames, wait_until
 from gateway_helpers import Camera, gateway_settings, unacknowledged
 
@@ -33,6 +34,7 @@ def check_answers(listener: TimedListener, sent: set[tuple[str, str]], audit_url
 
 
 class TestGatewayKilled:
+    @pytest.mark.timeout(full_or_ci(1800, 600))
     def test_repeated_sigkills_during_a_stream(self, broker: PrivateBroker, bundles: dict[str, Path],
                                                digits: np.ndarray, tmp_path: Path, figures: dict[str, Any]) -> None:
         """SIGKILL mid-stream, restart, again and again: nothing lost, one audit row per flagged frame."""
@@ -76,6 +78,7 @@ class TestGatewayKilled:
 
 
 class TestBrokerRestarted:
+    @pytest.mark.timeout(full_or_ci(1800, 600))
     def test_broker_restart_during_a_stream(self, broker: PrivateBroker, bundles: dict[str, Path],
                                             digits: np.ndarray, tmp_path: Path, figures: dict[str, Any]) -> None:
         """The broker stops (saving its persistence file) and restarts mid-stream: nothing lost."""

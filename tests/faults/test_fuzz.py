@@ -35,7 +35,7 @@ from gateway.frames import Delivery, ErrorCode, Frame, Rejection
 from gateway.mqtt import device_of
 
 EXAMPLES = int(os.environ.get("DEFED_FUZZ_EXAMPLES", "200"))
-E2E_MESSAGES = int(os.environ.get("DEFED_FUZZ_E2E", full_or_ci(1000, 150)))
+E2E_MESSAGES = int(os.environ.get("DEFED_FUZZ_E2E", full_or_ci(1000, 80)))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, database=None, derandomize=False,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 ERRORS = set(get_args(ErrorCode))

@@ -9,15 +9,22 @@ over the latency of new frames is back to what it was before. CI bursts for 5 s;
 from __future__ import annotations
 
 import signal
+import subprocess
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import paho.mqtt.client as paho
+import pytest
 from faults_helpers import Gateway, Stream, TimedListener, full_or_ci, keys, log_events, make_frames
 from gateway_helpers import Camera, gateway_settings
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
-from gateway.broker import PrivateBroker
+from gateway.broker import PrivateBroker, find_mosquitto
 
 CAPACITY = 128  # batching.queue_capacity: frames the gateway holds before it sheds
 
@@ -36,6 +43,7 @@ def latest_stats(listener: TimedListener) -> dict[str, Any]:
 
 
 class TestBurst:
+    @pytest.mark.timeout(full_or_ci(1800, 600))
     def test_five_times_capacity(self, broker: PrivateBroker, bundles: dict[str, Path], digits: np.ndarray,
                                  tmp_path: Path, figures: dict[str, Any]) -> None:
         """Memory bounded, every frame answered or counted as dropped, latency back to normal after."""
@@ -100,3 +108,57 @@ class TestBurst:
         assert after_ms[len(after_ms) // 2] <= 3 * before_ms[len(before_ms) // 2] + 200, figures
         assert figures["drop_log_lines"] <= burst_s + (drained_at - burst_end) + 5
         listener.close()
+
+
+def mosquitto_version() -> str:
+    out = subprocess.run([find_mosquitto(), "-h"], capture_output=True, text=True).stdout
+    return out.split("version", 1)[1].split()[0] if "version" in out else "unknown"
+
+
+class TestBrokerWindow:
+    def test_what_mosquitto_does_with_a_receive_maximum(self, broker: PrivateBroker,
+                                                        figures: dict[str, Any]) -> None:
+        """Measured, not assumed: how many unacknowledged messages mosquitto sends a client that
+        announced Receive Maximum 20 and acknowledges slowly (2.0.11 overruns it, which is why the
+        gateway enforces its own window)."""
+        receive_maximum, held, most = 20, [], 0
+        lock = threading.Lock()
+        client = paho.Client(CallbackAPIVersion.VERSION2, client_id="slow-reader", manual_ack=True,
+                             protocol=MQTTProtocolVersion.MQTTv5)
+
+        def on_message(_c: paho.Client, _u: object, message: paho.MQTTMessage) -> None:
+            nonlocal most
+            with lock:
+                held.append(message.mid)
+                most = max(most, len(held))
+
+        client.on_message = on_message
+        subscribed = threading.Event()
+        client.on_subscribe = lambda *_args: subscribed.set()
+        props = Properties(PacketTypes.CONNECT)
+        props.ReceiveMaximum = receive_maximum
+        client.connect("127.0.0.1", broker.port, properties=props)
+        client.loop_start()
+        client.subscribe("window/test", qos=1)
+        assert subscribed.wait(30)
+        camera = Camera(broker.port)
+        for _ in range(200):
+            camera.client.publish("window/test", b"x", qos=1)
+        deadline = time.monotonic() + 60
+        received = 0
+        while received < 200 and time.monotonic() < deadline:  # acknowledge 4 at a time, slowly
+            with lock:
+                batch, held[:] = held[:4], held[4:]
+            for mid in batch:
+                client.ack(mid, 1)
+            received += len(batch)
+            time.sleep(0.02)
+        client.disconnect()
+        client.loop_stop()
+        version = mosquitto_version()
+        figures |= {"mosquitto": version, "receive_maximum": receive_maximum, "most_unacknowledged": most}
+        assert received == 200
+        if version.startswith("2.0."):
+            assert most > receive_maximum, "this mosquitto holds to Receive Maximum: update docs/reliability.md"
+        else:
+            assert most <= receive_maximum

@@ -51,6 +51,7 @@ def answered_by(gateway: Gateway) -> set[tuple[str, str]]:
 
 
 class TestSharedSubscription:
+    @pytest.mark.timeout(full_or_ci(1800, 600))
     def test_load_splits_and_a_dead_member_loses_nothing(
             self, broker: PrivateBroker, bundles: dict[str, Path], digits: np.ndarray, tmp_path: Path,
             shared_audit_url: str, figures: dict[str, Any]) -> None:
