@@ -1,6 +1,7 @@
 """The acceptance figures of a bundle on the MNIST test set: accuracy, benign FPR, detection rates.
 
     python tools/check_bundle.py --bundle mnist --data ../shared/datasets/mnist.npz --attacked 1000
+    python tools/check_bundle.py --bundle cifar10 --data ../shared/datasets/cifar10-jpeg.npz --attacked 1000
 
 Detection is measured on successful attacks only (the source image was classified correctly,
 the adversarial one is not), made against the bundle's classifier from test images chosen by a
@@ -23,11 +24,19 @@ from defed_core.data import load_dataset, to_tensor
 from defed_core.pipeline import benign_scores, seeded_indices
 from defed_core.training import accuracy
 
-ATTACKS = [
-    AttackSpec("fgsm", 0.3),
-    AttackSpec("pgd-linf", 0.3, steps=40, step_size=0.01),
-    AttackSpec("pgd-l2", 2.0, steps=40, step_size=0.1),
-]
+# The budgets each bundle is measured against, by its input channels (1: MNIST, 3: CIFAR-10).
+ATTACKS = {
+    1: [
+        AttackSpec("fgsm", 0.3),
+        AttackSpec("pgd-linf", 0.3, steps=40, step_size=0.01),
+        AttackSpec("pgd-l2", 2.0, steps=40, step_size=0.1),
+    ],
+    3: [
+        AttackSpec("fgsm", 8 / 255),
+        AttackSpec("pgd-linf", 8 / 255, steps=40, step_size=1 / 255),
+        AttackSpec("pgd-l2", 0.5, steps=40, step_size=0.025),
+    ],
+}
 
 
 def main() -> None:
@@ -54,7 +63,7 @@ def main() -> None:
     }
     idx = seeded_indices(len(test), args.attacked, args.seed)
     x, y = to_tensor(test.images[idx]), torch.from_numpy(test.labels[idx])
-    for spec in ATTACKS:
+    for spec in ATTACKS[bundle.input_shape[0]]:
         adv, _, y_true = successful_adversarials(bundle.classifier.cpu(), x, y, spec)
         bundle.classifier.to(bundle.device)
         d = bundle.predict(adv)
