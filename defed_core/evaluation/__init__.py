@@ -8,6 +8,7 @@ Needs the `eval` extra for ART, scikit-learn and matplotlib.
     magnet       the MagNet-style autoencoder: model, training, files
     metrics      ROC, AUC, thresholds at a false-positive budget, detection rates
     adaptive     a defence-aware PGD against the whole Defed pipeline
+    profiles     per dataset (MNIST, CIFAR-10): ε grid, attack settings, baselines' settings
     experiment   the run: thresholds on the validation split, every cell measured on test images
     findings     where Defed is ahead of or behind each baseline, in sentences made from the numbers
     report       results.json and results.md;  plots: the PNG figures

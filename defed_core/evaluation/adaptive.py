@@ -7,7 +7,12 @@ benign with a wrong label: f(x') ≠ y and s_i(x') ≤ threshold_i for every mem
 
 where t is the most likely wrong class at the current step and s_i(x'; t) = α·CE(f(D_i(x')), t) +
 mean((D_i(x') − x')²) is member i's score once f predicts t — exactly s_i(x') when the attack has
-succeeded. m < 1 aims below the thresholds for a safety margin. Every step is differentiated
+succeeded. m < 1 aims below the thresholds for a safety margin. With the `relative` penalty the
+second term is λ · Σ_i relu(s_i/threshold_i − m): the same goal in units of each threshold, so λ
+means the same whatever the bundle's score scale (its α and its images set the units). The MNIST
+report was made with the absolute form, where λ·excess stayed far below the logit margin, so the
+attack first fooled f and only then pushed the scores down; the relative form weighs both goals
+from the first step. Every step is differentiated
 through the denoisers: they are plain networks (the final clamp has a zero gradient where it is
 active, which PGD tolerates), so no BPDA or EOT is needed. After every step each image that
 meets the goal keeps its iterate, so the result is the first evasion found, checked exactly.
@@ -34,10 +39,12 @@ class AdaptiveSpec:
     aim: float = 0.8  # m: aim at this fraction of each threshold
     kappa: float = 1.0  # κ: logit margin the wrong class should win by
     seed: int = 0
+    penalty: Literal["absolute", "relative"] = "absolute"  # score excess in score units or in thresholds
+    eps_text: str | None = None  # how the label shows ε (e.g. "8/255")
 
     @property
     def label(self) -> str:
-        return f"adaptive-pgd-{self.norm} ε={self.eps:g}"
+        return f"adaptive-pgd-{self.norm} ε={self.eps_text or f'{self.eps:g}'}"
 
     @property
     def step_size(self) -> float:
@@ -111,7 +118,9 @@ def defence_aware_pgd(
             best[active[now]] = xa.detach()[now]
             evaded[active[now]] = True
             margin = logits[rows, ys] - logits[rows, target]  # (A,)
-            loss = F.relu(margin + spec.kappa) + spec.weight * F.relu(member - spec.aim * thr).sum(dim=0)
+            relative = spec.penalty == "relative"
+            excess = member / thr.clamp(min=1e-12) - spec.aim if relative else member - spec.aim * thr  # (K, A)
+            loss = F.relu(margin + spec.kappa) + spec.weight * F.relu(excess).sum(dim=0)
             (grad,) = torch.autograd.grad(loss.sum(), xa)
         step = project(delta[active] - spec.step_size * ascent_direction(grad, spec.norm), spec.norm, spec.eps)
         delta[active] = (xs + step).clamp(0.0, 1.0) - xs  # stay a valid image

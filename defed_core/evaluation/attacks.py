@@ -6,6 +6,8 @@ judged on what would actually fool the classifier; an attack that failed needs n
 
 Budgeted attacks (FGSM, PGD, Square) take an ε; the minimum-perturbation attacks (C&W-L2,
 DeepFool, JSMA) take none and find the smallest change they can, so they form one cell each.
+The settings that depend on the images (ε grid, PGD step, Square's queries, C&W's first step)
+are an `AttackSettings`; `defed_core.evaluation.profiles` holds the MNIST and CIFAR-10 ones.
 """
 
 from __future__ import annotations
@@ -34,6 +36,34 @@ MNIST_EPS: dict[Norm, tuple[float, ...]] = {"linf": (0.1, 0.2, 0.3), "l2": (1.0,
 
 
 @dataclass(frozen=True)
+class AttackSettings:
+    """The attack parameters that depend on the images; the defaults are the MNIST report's."""
+
+    pgd_steps: int = 40
+    pgd_linf_step: float | None = 0.01  # a fixed L∞ step; None: ε / pgd_linf_divisor
+    pgd_linf_divisor: float = 10.0
+    pgd_l2_divisor: float = 20.0  # L2 step = ε / this
+    square_queries: int = 300
+    square_p_init: float = 0.8  # share of the image the first squares cover
+    cw_learning_rate: float = 0.1
+
+    def pgd_step(self, norm: Norm, eps: float) -> float:
+        if norm == "linf":
+            return self.pgd_linf_step if self.pgd_linf_step is not None else eps / self.pgd_linf_divisor
+        return eps / self.pgd_l2_divisor
+
+
+MNIST_ATTACKS = AttackSettings()
+
+
+def budget_text(eps: float, in_255ths: bool = False) -> str:
+    """ε as the report shows it: "0.3", or "8/255" for budgets counted in 8-bit grey levels."""
+    if in_255ths and abs(eps * 255 - round(eps * 255)) < 1e-6:
+        return f"{round(eps * 255)}/255"
+    return f"{eps:g}"
+
+
+@dataclass(frozen=True)
 class AttackSpec:
     """One attack at one budget: `name` is one of ATTACK_NORMS; `eps` is None for minimum-norm attacks."""
 
@@ -42,6 +72,7 @@ class AttackSpec:
     steps: int = 40
     step_size: float | None = None  # PGD: default 0.01 for L∞ and eps/20 for L2
     seed: int = 0
+    eps_text: str | None = None  # how the label shows ε (e.g. "8/255"); default f"{eps:g}"
 
     def __post_init__(self) -> None:
         if self.name not in ATTACK_NORMS:
@@ -55,19 +86,36 @@ class AttackSpec:
         return ATTACK_NORMS[self.name]
 
     @property
+    def budget(self) -> str | None:
+        if self.eps is None:
+            return None
+        return self.eps_text or budget_text(self.eps)
+
+    @property
     def label(self) -> str:
-        return self.name if self.eps is None else f"{self.name} ε={self.eps:g}"
+        return self.name if self.eps is None else f"{self.name} ε={self.budget}"
+
+
+def attack_grid(names: tuple[str, ...], eps: dict[Norm, tuple[float, ...]], settings: AttackSettings,
+                seed: int = 0, linf_in_255ths: bool = False) -> list[AttackSpec]:
+    """Every named attack at every budget of its norm (one cell for each minimum-norm attack).
+
+    With `linf_in_255ths`, L∞ budgets are labelled in 8-bit grey levels ("8/255").
+    """
+    specs = []
+    for name in names:
+        if name not in BUDGETED:
+            specs.append(AttackSpec(name, seed=seed))
+            continue
+        norm = ATTACK_NORMS[name]
+        specs += [AttackSpec(name, e, steps=settings.pgd_steps, step_size=settings.pgd_step(norm, e), seed=seed,
+                             eps_text=budget_text(e, linf_in_255ths and norm == "linf")) for e in eps[norm]]
+    return specs
 
 
 def mnist_grid(names: tuple[str, ...] = tuple(ATTACK_NORMS), seed: int = 0) -> list[AttackSpec]:
     """Every named attack at the MNIST budgets (one cell for each minimum-norm attack)."""
-    specs = []
-    for name in names:
-        if name in BUDGETED:
-            specs += [AttackSpec(name, eps, seed=seed) for eps in MNIST_EPS[ATTACK_NORMS[name]]]
-        else:
-            specs.append(AttackSpec(name, seed=seed))
-    return specs
+    return attack_grid(names, MNIST_EPS, MNIST_ATTACKS, seed)
 
 
 def art_classifier(classifier: nn.Module, input_shape: tuple[int, int, int], num_classes: int) -> Any:
@@ -79,7 +127,8 @@ def art_classifier(classifier: nn.Module, input_shape: tuple[int, int, int], num
     )
 
 
-def build_attack(spec: AttackSpec, estimator: Any, batch_size: int = 256) -> Any:
+def build_attack(spec: AttackSpec, estimator: Any, batch_size: int = 256,
+                 settings: AttackSettings = MNIST_ATTACKS) -> Any:
     """The ART attack object for a spec. Settings are ART's published defaults unless noted."""
     from art.attacks.evasion import (
         CarliniL2Method,
@@ -99,15 +148,16 @@ def build_attack(spec: AttackSpec, estimator: Any, batch_size: int = 256) -> Any
         "pgd-l2": lambda: ProjectedGradientDescent(
             estimator, norm=2, eps=eps, eps_step=spec.step_size or eps / 20, max_iter=spec.steps,
             num_random_init=0, batch_size=batch_size, verbose=False),
-        # Black-box: only the classifier's outputs are queried. 300 queries per image keep a cell
-        # within minutes on a CPU; ART's default is 100.
-        "square": lambda: SquareAttack(estimator, norm=np.inf, eps=eps, max_iter=300, p_init=0.8, nb_restarts=1,
-                                       batch_size=batch_size, verbose=False),
-        # 3 binary-search steps × 20 iterations (ART: 10 × 10) with a shorter line search and a learning
-        # rate of 0.1: on MNIST it still fools the classifier on nearly every image, at ~0.2 s per image.
-        "cw-l2": lambda: CarliniL2Method(estimator, confidence=0.0, learning_rate=0.1, binary_search_steps=3,
-                                         max_iter=20, initial_const=1.0, max_halving=2, max_doubling=2,
-                                         batch_size=batch_size, verbose=False),
+        # Black-box: only the classifier's outputs are queried. A few hundred queries per image keep a
+        # cell within minutes on a CPU (ART's default is 100); the numbers are the settings' (profiles.py).
+        "square": lambda: SquareAttack(estimator, norm=np.inf, eps=eps, max_iter=settings.square_queries,
+                                       p_init=settings.square_p_init, nb_restarts=1, batch_size=batch_size,
+                                       verbose=False),
+        # 3 binary-search steps × 20 iterations (ART: 10 × 10) with a shorter line search: on MNIST (first
+        # step 0.1) it still fools the classifier on nearly every image, at ~0.2 s per image.
+        "cw-l2": lambda: CarliniL2Method(estimator, confidence=0.0, learning_rate=settings.cw_learning_rate,
+                                         binary_search_steps=3, max_iter=20, initial_const=1.0, max_halving=2,
+                                         max_doubling=2, batch_size=batch_size, verbose=False),
         # 2% overshoot (DeepFool's `epsilon`) so the example lands past the decision boundary.
         "deepfool": lambda: DeepFool(estimator, max_iter=50, epsilon=0.02, nb_grads=10, batch_size=batch_size,
                                      verbose=False),
@@ -156,6 +206,7 @@ class AdversarialSet:
 def attack_until(
     classifier: nn.Module, x: Tensor, y: Tensor, spec: AttackSpec, count: int, num_classes: int = 10,
     chunk: int = 128, max_attempts: int | None = None, progress: bool = True,
+    settings: AttackSettings = MNIST_ATTACKS,
 ) -> AdversarialSet:
     """Attack correctly classified images of x, in order, until `count` attacks succeeded.
 
@@ -167,7 +218,7 @@ def attack_until(
     correct = predict_labels(classifier, x) == y
     x, y = x[correct], y[correct]
     estimator = art_classifier(classifier, tuple(x.shape[1:]), num_classes)  # type: ignore[arg-type]
-    attack = build_attack(spec, estimator, batch_size=chunk)
+    attack = build_attack(spec, estimator, batch_size=chunk, settings=settings)
     np.random.seed(spec.seed)  # ART draws its random choices from numpy's global generator
     kept: list[tuple[Tensor, Tensor, Tensor]] = []
     found, attempted = 0, 0

@@ -11,21 +11,30 @@ probabilities of the parts that flagged it, an unflagged one its `passed_label`.
   z_i is the paper's μ_i + k·σ_i rule, so the ensemble's scalar score is max_i z_i.
 - a single member: its raw s_i, recovering with f(D_i(x)).
 - Feature Squeezing (Xu et al., NDSS 2018): max L1 distance between softmax(f(x)) and softmax of
-  f on a bit-depth-reduced and on a 2×2-median-filtered copy; no recovery (a flagged image keeps f(x)).
-- MagNet-style: mean squared reconstruction error of the autoencoder; every image, flagged or
+  f on each squeezed copy — MNIST: 1-bit depth and a 2×2 median filter; CIFAR-10: 5-bit depth,
+  2×2 median and non-local means — no recovery (a flagged image keeps f(x)).
+- MagNet-style: the autoencoder's reconstruction error (mean squared on MNIST; on CIFAR-10 the
+  mean absolute error plus the Jensen–Shannon divergence between f(x) and f(AE(x)) at
+  temperatures 10 and 40, MagNet's three CIFAR detectors, as parts); every image, flagged or
   not, is labelled f(AE(x)) as MagNet's reformer does.
 - no defence: never flags; labels f(x).
 """
 
 from __future__ import annotations
 
+import functools
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
+import cv2
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from defed_core.data import to_tensor, to_uint8
 from defed_core.ensemble import member_scores, run_members
 
 
@@ -116,33 +125,99 @@ def median_2x2(x: Tensor) -> Tensor:
     return windows.flatten(-2).sort(dim=-1).values[..., 2]  # (N, C, H, W)
 
 
-class FeatureSqueezing:
-    """Xu et al.'s joint detector for MNIST: 1-bit depth and a 2×2 median filter."""
+def non_local_means(x: Tensor, search: int = 13, patch: int = 3, strength: float = 2.0) -> Tensor:
+    """OpenCV's fast non-local means on each image's 8-bit version, as Xu et al.'s code applies it.
 
-    def __init__(self, classifier: nn.Module, bits: int = 1) -> None:
-        self.classifier, self.bits = classifier.eval(), bits
+    `search` and `patch` are the window sizes, `strength` the filter strength h (for colour images
+    also the colour component's). Runs on the CPU, image by image; the detector needs no gradient.
+    """
+    images = to_uint8(x)  # (N, H, W, C) uint8, RGB for colour
+    out = []
+    for img in images:
+        img = np.ascontiguousarray(img)
+        if img.shape[2] == 3:  # OpenCV's colour version expects BGR (it denoises in CIELAB)
+            bgr = cv2.fastNlMeansDenoisingColored(img[:, :, ::-1].copy(), None, strength, strength, patch, search)
+            out.append(bgr[:, :, ::-1])
+        else:
+            out.append(cv2.fastNlMeansDenoising(img[:, :, 0], None, strength, patch, search)[:, :, None])
+    return to_tensor(np.stack(out)).to(x.device)  # (N, C, H, W)
+
+
+Squeezer = Callable[[Tensor], Tensor]
+
+
+def squeezer(name: str) -> Squeezer:
+    """A squeezer by Xu et al.'s name: "bit-depth-B", "median-2x2" or "non-local-means-S-P-H"."""
+    if m := re.fullmatch(r"bit-depth-(\d+)", name):
+        return functools.partial(bit_depth, bits=int(m[1]))
+    if name == "median-2x2":
+        return median_2x2
+    if m := re.fullmatch(r"non-local-means-(\d+)-(\d+)-(\d+(?:\.\d+)?)", name):
+        return functools.partial(non_local_means, search=int(m[1]), patch=int(m[2]), strength=float(m[3]))
+    raise ValueError(f"unknown squeezer {name!r}: expected bit-depth-B, median-2x2 or non-local-means-S-P-H")
+
+
+class FeatureSqueezing:
+    """Xu et al.'s joint detector: the largest L1 gap between f's softmax on x and on each squeezed x.
+
+    The default squeezers are their MNIST setting (1-bit depth, 2×2 median filter).
+    """
+
+    def __init__(self, classifier: nn.Module, squeezers: Sequence[str] = ("bit-depth-1", "median-2x2")) -> None:
+        self.classifier, self.names = classifier.eval(), tuple(squeezers)
+        self.squeezers = [squeezer(name) for name in self.names]
 
     def __call__(self, x: Tensor) -> Inspection:
         x = x.to(device_of(self.classifier))
         n = len(x)
-        batch = torch.cat([x, bit_depth(x, self.bits), median_2x2(x)])  # (3N, C, H, W): one classifier call
-        probs = self.classifier(batch).softmax(dim=1).view(3, n, -1)  # (3, N, classes)
-        l1 = (probs[1:] - probs[0]).abs().sum(dim=2)  # (2, N)
+        batch = torch.cat([x, *(squeeze(x) for squeeze in self.squeezers)])  # (S+1)·N images: one classifier call
+        probs = self.classifier(batch).softmax(dim=1).view(len(self.squeezers) + 1, n, -1)  # (S+1, N, classes)
+        l1 = (probs[1:] - probs[0]).abs().sum(dim=2)  # (S, N)
         return Inspection(l1.amax(dim=0)[:, None], probs[:1], probs[0].argmax(dim=1))
 
 
-class MagNetDetector:
-    """Reconstruction error of the autoencoder (detector) and f(AE(x)) as the label (reformer)."""
+@dataclass(frozen=True)
+class MagNetScores:
+    """Which of MagNet's detectors share the autoencoder: a reconstruction error and, per
+    temperature T, the Jensen–Shannon divergence between softmax(f(x)/T) and softmax(f(AE(x))/T)."""
 
-    def __init__(self, classifier: nn.Module, autoencoder: nn.Module) -> None:
-        self.classifier, self.autoencoder = classifier.eval(), autoencoder.eval()
+    reconstruction: Literal["mse", "l1"] = "mse"
+    temperatures: tuple[float, ...] = ()
+
+    @property
+    def names(self) -> list[str]:
+        return [self.reconstruction] + [f"jsd-T{t:g}" for t in self.temperatures]
+
+
+def jensen_shannon(a: Tensor, b: Tensor) -> Tensor:
+    """Jensen–Shannon divergence (natural log) between softmax(a) and softmax(b), row by row: (N,)."""
+    p, q = a.softmax(dim=1), b.softmax(dim=1)  # (N, classes)
+    m = (p + q) / 2
+    kl_pm = (torch.xlogy(p, p) - torch.xlogy(p, m)).sum(dim=1)
+    kl_qm = (torch.xlogy(q, q) - torch.xlogy(q, m)).sum(dim=1)
+    return (kl_pm + kl_qm) / 2
+
+
+class MagNetDetector:
+    """MagNet's detectors on one autoencoder (parts of the inspection) and f(AE(x)) as the label (reformer)."""
+
+    def __init__(self, classifier: nn.Module, autoencoder: nn.Module, scores: MagNetScores = MagNetScores()) -> None:
+        self.classifier, self.autoencoder, self.scores = classifier.eval(), autoencoder.eval(), scores
 
     def __call__(self, x: Tensor) -> Inspection:
         x = x.to(device_of(self.classifier))
         reformed = self.autoencoder.to(x.device)(x)  # (N, C, H, W)
-        error = (reformed - x).pow(2).flatten(1).mean(dim=1)  # (N,)
-        probs = self.classifier(reformed).softmax(dim=1)  # (N, classes)
-        return Inspection(error[:, None], probs[None], probs.argmax(dim=1))
+        diff = (reformed - x).flatten(1)  # (N, C·H·W)
+        parts = [diff.pow(2).mean(dim=1) if self.scores.reconstruction == "mse" else diff.abs().mean(dim=1)]
+        if self.scores.temperatures:
+            logits = self.classifier(torch.cat([x, reformed]))  # (2N, classes): one classifier call
+            own, healed = logits[: len(x)], logits[len(x) :]
+            parts += [jensen_shannon(own / t, healed / t) for t in self.scores.temperatures]
+            probs = healed.softmax(dim=1)  # (N, classes)
+        else:
+            probs = self.classifier(reformed).softmax(dim=1)
+        k = len(parts)
+        return Inspection(torch.stack(parts, dim=1), probs[None].expand(k, -1, -1), probs.argmax(dim=1))
 
 
 class NoDefence:

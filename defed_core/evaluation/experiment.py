@@ -7,14 +7,15 @@ The order of a run:
 3. each attack cell attacks test images (same seeded order for every cell) until it has its
    number of successful adversarial examples; every detector inspects them;
 4. the adaptive attack runs against the Defed pipeline at every ε.
-The test set never sets a threshold.
+The test set never sets a threshold. The plan's profile (MNIST or CIFAR-10) sets the ε grid and
+the attacks' image-dependent settings.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,18 +24,11 @@ from tqdm import tqdm
 
 from defed_core.bundle import Bundle
 from defed_core.data import ImageSet, to_tensor
-from defed_core.evaluation.adaptive import AdaptiveSpec, defence_aware_pgd
-from defed_core.evaluation.attacks import (
-    ATTACK_NORMS,
-    MNIST_EPS,
-    WHITE_BOX,
-    AdversarialSet,
-    attack_until,
-    mnist_grid,
-    predict_labels,
-)
+from defed_core.evaluation.adaptive import defence_aware_pgd
+from defed_core.evaluation.attacks import ATTACK_NORMS, WHITE_BOX, AdversarialSet, attack_until, predict_labels
 from defed_core.evaluation.detectors import Inspection, Inspector, inspect_all
 from defed_core.evaluation.metrics import roc_auc, threshold_at_budget
+from defed_core.evaluation.profiles import PROFILES
 
 
 @dataclass(frozen=True)
@@ -49,6 +43,7 @@ class EvaluationPlan:
     adaptive_steps: int = 60
     max_attempts: int = 1000  # images attacked at most per cell (a weak attack yields fewer examples)
     seed: int = 0
+    profile: str = "mnist"  # a key of profiles.PROFILES: the ε grid and the attacks' settings
 
 
 @dataclass(frozen=True)
@@ -117,6 +112,8 @@ def build_screens(bundle: Bundle, detectors: list[Detector], validation: dict[st
             continue
         shipped = (bundle.thresholds.cpu() - mean) / std  # (K,) the bundle's thresholds in z units
         screens.append(Screen("defed-shipped", f"{det.title} (shipped thresholds)", det.key, shipped, mean, std))
+        if len(bundle.spec.members) == 1:  # its one member alone would repeat the ensemble's row
+            continue
         for i, member in enumerate(bundle.spec.members):
             screens.append(Screen(f"defed-member-{i}", f"Defed member σ={member.sigma:g} alone", det.key,
                                   threshold_at_budget(validation[det.key].member(i).score, budget), member=i))
@@ -162,10 +159,11 @@ def run_evaluation(bundle: Bundle, validation: ImageSet, test: ImageSet, detecto
     seconds["benign"] = round(time.monotonic() - started - sum(seconds.values()), 1)
 
     cells = []
-    for spec in tqdm(mnist_grid(plan.attacks, plan.seed), desc="attack cells"):
+    profile = PROFILES[plan.profile]
+    for spec in tqdm(profile.grid(plan.attacks, plan.seed), desc="attack cells"):
         t0 = time.monotonic()
         adv = attack_until(bundle.classifier, x_test, y_test, spec, plan.per_cell, num_classes=len(bundle.classes),
-                           max_attempts=plan.max_attempts)
+                           max_attempts=plan.max_attempts, settings=profile.attacks)
         cells.append({**measure_cell(adv, detectors, screens, ev), "seconds": round(time.monotonic() - t0, 1)})
     ev.summary["cells"] = cells
     seconds["attacks"] = round(sum(c["seconds"] for c in cells), 1)
@@ -195,7 +193,7 @@ def measure_cell(adv: AdversarialSet, detectors: list[Detector], screens: list[S
         }
     ev.member_scores[spec.label] = inspected["defed"].parts.numpy()
     return {
-        "attack": spec.name, "label": spec.label, "norm": spec.norm, "eps": spec.eps,
+        "attack": spec.name, "label": spec.label, "norm": spec.norm, "eps": spec.eps, "eps_text": spec.budget,
         "white_box": spec.name in WHITE_BOX, "attempted": adv.attempted, "adversarials": len(adv),
         "success_rate": adv.success_rate,
         "median_linf": float(adv.perturbation("linf").median()) if some else None,
@@ -217,20 +215,18 @@ def adaptive_cells(bundle: Bundle, detectors: list[Detector], screens: list[Scre
     # The attacker aims under both calibrations at once: the lower raw threshold of each member.
     aimed = torch.minimum(budget.raw_thresholds(), shipped.raw_thresholds())  # (K,)
     rows = []
-    norms: tuple[Literal["linf", "l2"], ...] = ("linf", "l2")
-    for norm in norms:
-        for eps in MNIST_EPS[norm]:
-            spec = AdaptiveSpec(norm, eps, steps=plan.adaptive_steps, seed=plan.seed)
-            result = defence_aware_pgd(bundle.classifier, bundle.denoisers, bundle.alpha, aimed, x, y, spec)
-            inspection = inspect_all(defed.inspector, result.adversarial)
-            row: dict[str, Any] = {"label": spec.label, "norm": norm, "eps": eps, "attempted": len(y),
-                                   "steps": spec.steps, "evaded_as_attacked": float(result.evaded.double().mean())}
-            for screen in (budget, shipped):
-                flagged, final = screen.view(inspection).decide(screen.threshold)
-                fooled = inspection.passed_label != result.labels  # f(x') ≠ y
-                name = "budget" if screen is budget else "shipped"
-                row[f"success_{name}"] = float((fooled & ~flagged).double().mean())
-                row[f"detection_{name}"] = float(flagged.double().mean())
-                row[f"label_wrong_{name}"] = float((final != result.labels).double().mean())
-            rows.append(row)
+    for spec in PROFILES[plan.profile].adaptive_specs(plan.adaptive_steps, plan.seed):
+        result = defence_aware_pgd(bundle.classifier, bundle.denoisers, bundle.alpha, aimed, x, y, spec)
+        inspection = inspect_all(defed.inspector, result.adversarial)
+        row: dict[str, Any] = {"label": spec.label, "norm": spec.norm, "eps": spec.eps, "eps_text": spec.eps_text,
+                               "attempted": len(y), "steps": spec.steps,
+                               "evaded_as_attacked": float(result.evaded.double().mean())}
+        for screen in (budget, shipped):
+            flagged, final = screen.view(inspection).decide(screen.threshold)
+            fooled = inspection.passed_label != result.labels  # f(x') ≠ y
+            name = "budget" if screen is budget else "shipped"
+            row[f"success_{name}"] = float((fooled & ~flagged).double().mean())
+            row[f"detection_{name}"] = float(flagged.double().mean())
+            row[f"label_wrong_{name}"] = float((final != result.labels).double().mean())
+        rows.append(row)
     return rows

@@ -101,7 +101,7 @@ def adaptive_findings(summary: dict[str, Any]) -> list[str]:
     if not rows:
         return []
     def name(r: dict[str, Any]) -> str:
-        return f"{'L∞' if r['norm'] == 'linf' else 'L2'} ε={r['eps']:g}"
+        return f"{'L∞' if r['norm'] == 'linf' else 'L2'} ε={r.get('eps_text') or format(r['eps'], 'g')}"
 
     budget = ", ".join(f"{name(r)}: {pct(r['success_budget'])}" for r in rows)
     shipped = ", ".join(f"{name(r)}: {pct(r['success_shipped'])}" for r in rows)

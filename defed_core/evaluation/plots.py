@@ -4,6 +4,9 @@
 - hist-member-<i>.png: benign vs adversarial scores of each Defed member, one panel per attack;
 - detection-vs-eps.png: detection rate at the budget against ε for the budgeted attacks;
 - adaptive.png: the adaptive attack's success against ε beside plain PGD's.
+
+When the report has a figure caption (CIFAR-10: the images are JPEG-compressed), every figure
+carries it above the plot; budgets counted in grey levels label the ε axes as "8/255".
 """
 
 from __future__ import annotations
@@ -33,6 +36,25 @@ def titles(summary: dict[str, Any]) -> dict[str, str]:
     return {s["key"]: s["title"] for s in summary["screens"]}
 
 
+def save(fig: Any, path: Path, dpi: int, summary: dict[str, Any]) -> None:
+    """Write the figure, with the report's caption above it if it has one."""
+    caption = summary["meta"].get("figure_caption")
+    if caption:
+        # Above the plots: several figures keep their legend along the bottom edge.
+        fig.text(0.5, 1.0, caption, ha="center", va="bottom", fontsize=7, color="0.3")
+        fig.savefig(path, dpi=dpi, bbox_inches="tight")  # grow the canvas to hold the caption
+    else:
+        fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+
+
+def eps_axis(ax: Any, rows: list[dict[str, Any]]) -> None:
+    """Tick the ε axis at the budgets, labelled as the tables show them, when that is not plain "0.3"."""
+    texts = [r.get("eps_text") or f"{r['eps']:g}" for r in rows]
+    if any(t != f"{r['eps']:g}" for t, r in zip(texts, rows, strict=True)):
+        ax.set_xticks([r["eps"] for r in rows], texts)
+
+
 def roc_axes(ax: Any, ev: Evaluation, summary: dict[str, Any], cell: dict[str, Any]) -> None:
     names = titles(summary)
     for key, scores in ev.cell_scores.get(cell["label"], {}).items():
@@ -57,8 +79,7 @@ def draw_rocs(ev: Evaluation, summary: dict[str, Any], root: Path) -> list[str]:
         ax.legend(fontsize=7, loc="lower right", title="ROC-AUC", title_fontsize=7)
         name = f"roc-{slug(cell['label'])}.png"
         fig.tight_layout()
-        fig.savefig(root / name, dpi=110)
-        plt.close(fig)
+        save(fig, root / name, 110, summary)
         files.append(name)
     if cells:
         cols = 5
@@ -72,8 +93,7 @@ def draw_rocs(ev: Evaluation, summary: dict[str, Any], root: Path) -> list[str]:
         fig.legend(handles, [re.sub(r" \(.*\)$", "", x) for x in labels], loc="lower center",
                    ncol=min(6, len(labels)), fontsize=8)
         fig.tight_layout(rect=(0, 0.05, 1, 1))
-        fig.savefig(root / "roc-all.png", dpi=90)
-        plt.close(fig)
+        save(fig, root / "roc-all.png", 90, summary)
         files.insert(0, "roc-all.png")
     return files
 
@@ -111,8 +131,7 @@ def draw_member_histograms(ev: Evaluation, summary: dict[str, Any], root: Path) 
         fig.suptitle(f"Defed member σ={members[i]['sigma']:g}: score s_i, benign vs adversarial", fontsize=10)
         fig.tight_layout()
         name = f"hist-member-{i}.png"
-        fig.savefig(root / name, dpi=100)
-        plt.close(fig)
+        save(fig, root / name, 100, summary)
         files.append(name)
     return files
 
@@ -134,14 +153,14 @@ def draw_detection_vs_eps(summary: dict[str, Any], root: Path) -> list[str]:
                     lw=1.2, ls="--" if key.startswith("defed-member") else "-", label=names[key])
         ax.set_title(attack, fontsize=9)
         ax.set_xlabel("ε", fontsize=8)
+        eps_axis(ax, cells)
         ax.set_ylim(0, 1.02)
         ax.tick_params(labelsize=7)
     axes[0][0].set_ylabel(f"detection rate at {summary['plan']['budget']:.0%} FPR", fontsize=8)
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=7)
     fig.tight_layout(rect=(0, 0.14, 1, 1))
-    fig.savefig(root / "detection-vs-eps.png", dpi=100)
-    plt.close(fig)
+    save(fig, root / "detection-vs-eps.png", 100, summary)
     return ["detection-vs-eps.png"]
 
 
@@ -163,12 +182,12 @@ def draw_adaptive(summary: dict[str, Any], root: Path) -> list[str]:
                     label="plain PGD: undetected share of its successes")
         ax.set_title("L∞" if norm == "linf" else "L2", fontsize=9)
         ax.set_xlabel("ε", fontsize=8)
+        eps_axis(ax, mine)
         ax.set_ylim(0, 1.02)
     axes[0].set_ylabel("share of images", fontsize=8)
     axes[0].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(root / "adaptive.png", dpi=100)
-    plt.close(fig)
+    save(fig, root / "adaptive.png", 100, summary)
     return ["adaptive.png"]
 
 

@@ -91,10 +91,11 @@ def adaptive_table(summary: dict[str, Any]) -> str:
 def tables_block(summary: dict[str, Any]) -> str:
     """The generated tables and findings: results.md's core, also copied into docs."""
     budget = pct(summary["plan"]["budget"])
+    note = summary.get("meta", {}).get("data_note")
     parts = [
         TABLES_BEGIN,
         f"Thresholds at a {budget} false-positive budget on the bundle's validation split "
-        f"({summary['validation']['images']} images); rates below are on test images.",
+        f"({summary['validation']['images']} images); rates below are on test images." + (f" {note}" if note else ""),
         "### Detectors and their thresholds", screens_table(summary),
         f"### Detection rate at the {budget} budget (share of successful adversarial examples flagged)",
         metric_table(summary, "detection_rate", pct, skip=("none",)),
@@ -105,7 +106,9 @@ def tables_block(summary: dict[str, Any]) -> str:
         "### Attack cells", cells_table(summary),
     ]
     if summary.get("adaptive"):
-        parts += ["### Adaptive attack: defence-aware PGD through the classifier and both denoisers",
+        members = len(summary.get("meta", {}).get("bundle", {}).get("members", [])) or 2
+        through = {1: "its denoiser", 2: "both denoisers"}.get(members, f"all {members} denoisers")
+        parts += [f"### Adaptive attack: defence-aware PGD through the classifier and {through}",
                   "“Evades” = the classifier is fooled and no member flags the frame: the gateway publishes a "
                   "wrong label as benign.", adaptive_table(summary)]
     parts += ["### Findings (generated from the numbers above)", "\n\n".join(f"- {f}" for f in summary["findings"]),
@@ -126,8 +129,10 @@ def markdown(summary: dict[str, Any], figures: list[str]) -> str:
         f"`{meta['baselines'].get('magnet')}`.",
         "Successful adversarial examples only: each was made from a test image the classifier labels correctly and "
         "is labelled wrongly by it. Minimum-norm attacks (C&W-L2, DeepFool, JSMA) have no ε and form one cell each.",
+        *meta.get("notes", []),
     ]
-    figs = ["## Figures", "\n".join(f"- [{f}]({f})" for f in figures)]
+    note = [meta["data_note"]] if meta.get("data_note") else []
+    figs = ["## Figures", *note, "\n".join(f"- [{f}]({f})" for f in figures)]
     return "\n\n".join([*head, tables_block(summary), *figs]) + "\n"
 
 

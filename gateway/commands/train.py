@@ -1,4 +1,4 @@
-"""`defed train classifier|denoiser|bundle`: train the networks and build a bundle."""
+"""`defed train classifier|denoiser|bundle|magnet`: train the networks, build a bundle, or a baseline."""
 
 from __future__ import annotations
 
@@ -7,12 +7,21 @@ from pathlib import Path
 
 import click
 
+from defed_core.bundle import Bundle
 from defed_core.denoiser import DenoiserConfig
 from defed_core.device import select_device
 from defed_core.pipeline import load_splits, train_bundle
 from defed_core.presets import get_preset
 from defed_core.training import ClassifierTraining, DenoiserTraining, accuracy, train_classifier, train_denoiser
-from gateway.commands.common import checkpoint_classifier, device_option, guard, load_bundle, preset_option
+from gateway.commands.common import (
+    bundle_option,
+    bundle_path,
+    checkpoint_classifier,
+    device_option,
+    guard,
+    load_bundle,
+    preset_option,
+)
 
 
 @click.group()
@@ -110,3 +119,25 @@ def train_denoiser_cmd(
         training = DenoiserTraining(sigma=sigma, epochs=epochs, alpha=alpha, images_per_epoch=images_per_epoch)
         train_denoiser(config, training, classifier, validation.train, validation.validation, Path(checkpoint), dev)
         click.echo(f"denoiser written to {checkpoint}")
+
+
+@train.command("magnet")
+@bundle_option
+@click.option("--data", required=True, type=click.Path(exists=True), help="The dataset the bundle was trained on.")
+@click.option("--out", type=click.Path(file_okay=False),
+              help="Folder to write [default: eval-models/<profile>-magnet, e.g. eval-models/cifar10-magnet].")
+def train_magnet_cmd(bundle_ref: str, data: str, out: str | None) -> None:
+    """The MagNet-style baseline of `defed evaluate`: its autoencoder, for the bundle's dataset.
+
+    Trained on the bundle's training part (its validation split stays held out), with the
+    layout and settings of the bundle's evaluation profile (MNIST or CIFAR-10). On the CPU.
+    """
+    from defed_core.evaluation.profiles import profile_for
+    from gateway.commands.evaluate import recorded_split, train_magnet_baseline
+
+    with guard():
+        bundle = Bundle.load(bundle_path(bundle_ref), "cpu", fast=False)
+        profile = profile_for(bundle.input_shape)
+        path = out or profile.default_magnet
+        magnet = train_magnet_baseline(recorded_split(bundle, data), data, path, profile)
+    click.echo(f"MagNet-style autoencoder written to {path}: validation MSE {magnet.history[-1]['val_mse']:.5f}")

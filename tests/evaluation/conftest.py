@@ -1,10 +1,11 @@
-"""Fixtures: a tiny MNIST-format dataset cut from the shipped sample and untrained models for it."""
+"""Fixtures: tiny MNIST- and CIFAR-10-format datasets and untrained models for them."""
 
 from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -13,11 +14,13 @@ from torch import nn
 
 from defed_core.bundle import Bundle
 from defed_core.classifiers import ClassifierConfig, build_classifier
-from defed_core.data import ImageSet, load_dataset, load_sample, split_validation, to_tensor
+from defed_core.data import ImageSet, decode_jpeg_blob, load_dataset, load_sample, split_validation, to_tensor
+from defed_core.evaluation.attacks import predict_labels
 from defed_core.evaluation.magnet import MagNetTraining, train_magnet
 from defed_core.testing import untrained_bundle
 
 VALIDATION = 60
+CIFAR_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -63,4 +66,55 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory, tiny_data: Path) -> di
         b = untrained_bundle()
         Bundle(replace(b.spec, dataset={"validation": split.record()}), classifier, b.denoisers).save(paths[key])
     train_magnet(split.train, split.validation, MagNetTraining(epochs=1, batch_size=64), paths["magnet"])
+    return paths
+
+
+@torch.no_grad()
+def fit_batch_norm(model: nn.Module, x: torch.Tensor) -> None:
+    """Set BatchNorm statistics from x: an untrained VGG then tells images apart instead of
+    putting every one in the same class."""
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.reset_running_stats()
+            m.momentum = None  # a cumulative average over the one pass
+    model.train()
+    model(x)
+    model.eval()
+
+
+def jpeg_pack(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """RGB uint8 (N, 32, 32, 3) as concatenated JPEG files (quality 75, 4:2:0) and their offsets."""
+    files = [cv2.imencode(".jpg", img[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, 75])[1].ravel() for img in images]
+    offsets = np.concatenate([[0], np.cumsum([len(f) for f in files])]).astype(np.int64)
+    return np.concatenate(files), offsets
+
+
+@pytest.fixture(scope="session")
+def tiny_cifar(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A CIFAR-10-format file of 200 + 16 smooth random colour images stored as JPEG, labelled by the
+    untrained 3×32×32 bundle's own classifier (so every test image starts correctly classified), that
+    bundle and a BaseNet stand-in with the same classifier, both recording the validation split, and
+    a flat (CIFAR-10 layout) MagNet autoencoder trained for one epoch."""
+    root = tmp_path_factory.mktemp("cifar")
+    bundle = untrained_bundle(input_shape=(3, 32, 32))
+    rng = np.random.default_rng(0)
+    # 16 test images: an attack chunk takes all of them, so every cell attacks at most 16.
+    coarse = rng.integers(0, 256, (216, 8, 8, 3), dtype=np.uint8)
+    images = np.stack([cv2.resize(c, (32, 32), interpolation=cv2.INTER_CUBIC) for c in coarse])  # (216, 32, 32, 3)
+    blob, offsets = jpeg_pack(images)
+    x = to_tensor(decode_jpeg_blob(blob, offsets))  # what the loader will read
+    fit_batch_norm(bundle.classifier, x)
+    labels = predict_labels(bundle.classifier, x).numpy()
+    train_blob, train_off = jpeg_pack(images[:200])
+    test_blob, test_off = jpeg_pack(images[200:])
+    data = root / "tiny-cifar10-jpeg.npz"
+    np.savez(data, train_jpeg=train_blob, train_offsets=train_off, y_train=labels[:200], test_jpeg=test_blob,
+             test_offsets=test_off, y_test=labels[200:], classes=np.array(CIFAR_CLASSES))
+    split = split_validation(load_dataset(data).train, VALIDATION, 0)
+    paths = {"data": data, "bundle": root / "bundle", "basenet": root / "basenet", "magnet": root / "magnet"}
+    for key in ("bundle", "basenet"):
+        Bundle(replace(bundle.spec, dataset={"validation": split.record()}), bundle.classifier,
+               bundle.denoisers).save(paths[key])
+    train_magnet(split.train, split.validation, MagNetTraining(epochs=1, batch_size=64), paths["magnet"],
+                 pooled=False)
     return paths
