@@ -92,8 +92,8 @@ class ResultPublisher:
                 else:
                     self.publish_batch(*work)
             except Exception:
-                # E.g. the database is down: the frames stay unacknowledged, so the broker
-                # redelivers them after a restart; nothing is lost, and we keep serving.
+                # Not the audit log (held and retried above) but e.g. paho refusing to queue: the
+                # frames stay unacknowledged, the broker redelivers them at our next session.
                 log.exception("publishing failed; frames left unacknowledged for redelivery")
         if self._held:
             log.warning("audit log still unavailable; quarantined frames left unacknowledged for redelivery",
