@@ -7,6 +7,7 @@ keeps the row, and the audit id, it got the first time.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -26,6 +27,7 @@ from sqlalchemy import (
     create_engine,
     delete,
     event,
+    func,
     select,
     text,
     tuple_,
@@ -37,6 +39,7 @@ from sqlalchemy.pool import ConnectionPoolEntry
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 WRITE_TIMEOUT_MS = 5000  # a write waits this long for a lock before it fails
+PRUNE_CHUNK = 1000  # rows deleted per transaction
 
 
 class Base(DeclarativeBase):
@@ -162,14 +165,11 @@ class AuditLog:
             "image_sha256": hashlib.sha256(r.image).hexdigest(),
         }
 
-    def purge(self, retention_days: float) -> int:
+    def purge(self, retention_days: float, keep_going: Callable[[], bool] = lambda: True) -> int:
         """Delete events received more than `retention_days` ago; 0 days keeps everything."""
         if retention_days <= 0:
             return 0
-        cutoff = datetime.now(UTC) - timedelta(days=retention_days)
-        with Session(self.engine) as session, session.begin():
-            result = session.execute(delete(QuarantineEvent).where(QuarantineEvent.received_at < cutoff))
-            return int(getattr(result, "rowcount", 0) or 0)
+        return prune_events(self.engine, datetime.now(UTC) - timedelta(days=retention_days), keep_going=keep_going)
 
     def events(self) -> list[QuarantineEvent]:
         with Session(self.engine) as session:
@@ -177,3 +177,26 @@ class AuditLog:
 
     def close(self) -> None:
         self.engine.dispose()
+
+
+def prune_events(engine: Engine, before: datetime, *, dry_run: bool = False, chunk: int = PRUNE_CHUNK,
+                 keep_going: Callable[[], bool] = lambda: True) -> int:
+    """Delete (or with dry_run, count) the events received before `before`; how many.
+
+    Deleted `chunk` rows per transaction, so the daemon's own writes (on SQLite, one writer at a
+    time) wait for one short transaction, never for the whole prune. `keep_going` is asked
+    between chunks: a daemon shutting down stops early and prunes the rest next time.
+    """
+    old = QuarantineEvent.received_at < before.astimezone(UTC)
+    if dry_run:
+        with engine.connect() as connection:
+            return int(connection.scalar(select(func.count()).select_from(QuarantineEvent).where(old)) or 0)
+    total = 0
+    while keep_going():
+        oldest = select(QuarantineEvent.id).where(old).order_by(QuarantineEvent.id).limit(chunk)
+        with engine.begin() as connection:
+            deleted = connection.execute(delete(QuarantineEvent).where(QuarantineEvent.id.in_(oldest))).rowcount
+        total += deleted
+        if deleted < chunk:
+            break
+    return total

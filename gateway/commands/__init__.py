@@ -6,8 +6,18 @@ import click
 
 
 def register(cli: click.Group) -> None:
-    from gateway.commands import calibrate, demo, evaluate, import_reference, predict, serve, simulate, train
+    from gateway.commands import (
+        calibrate,
+        demo,
+        evaluate,
+        import_reference,
+        predict,
+        quarantine,
+        serve,
+        simulate,
+        train,
+    )
 
     for command in (train.train, calibrate.calibrate, import_reference.import_reference, predict.predict,
-                    evaluate.evaluate, serve.serve, simulate.simulate, demo.demo):
+                    evaluate.evaluate, serve.serve, simulate.simulate, demo.demo, quarantine.quarantine):
         cli.add_command(command)
