@@ -30,13 +30,12 @@ from gateway.lifecycle import InFlight, ShutdownRequest
 from gateway.mqtt import BrokerLink
 from gateway.notify import SystemdNotifier
 from gateway.publisher import ResultPublisher
+from gateway.retention import RetentionSweeper
 from gateway.settings import GatewaySettings
 from gateway.stats import GatewayStats, StatsCollector
 from gateway.worker import InferenceWorker, warm_up
 
 log = structlog.get_logger("gateway.app")
-
-PURGE_INTERVAL_S = 3600.0
 
 
 def load_bundle(
@@ -54,7 +53,7 @@ class Gateway:
 
     def __init__(self, settings: GatewaySettings) -> None:
         self.settings = settings
-        self.stats = GatewayStats()
+        self.stats = GatewayStats(per_device=settings.metrics.per_device)
         self.inflight = InFlight()
         self.notifier = SystemdNotifier()
         self.prefix = settings.mqtt.output_prefix
@@ -73,20 +72,22 @@ class Gateway:
     def startup(self) -> None:
         s = self.settings
         # Model: loaded and warm before we take a single frame.
+        self.notifier.status(f"loading the model {s.model.bundle}")
         if s.model.threads:
             torch.set_num_threads(s.model.threads)
         self.bundle = load_bundle(s.model.bundle, s.model.device, s.model.backend, s.model.precision)
         warm_up(self.bundle, s.batching.max_batch)
         log.info("model ready", bundle=self.bundle.name, version=self.bundle.version,
                  device=str(self.bundle.device), backend=self.bundle.backend, input_shape=list(self.bundle.input_shape))
-        # Audit log: schema brought up to date, old events purged.
+        # Audit log: schema brought up to date; old events pruned now and once a day, aside.
         self.audit = AuditLog(s.audit_url, s.audit.store_images)
         try:
             self.audit.prepare()
-            self.audit.purge(s.audit.retention_days)
         except Exception as exc:
             raise RuntimeFailure(f"audit log {self.audit.engine.url!r}: {exc}") from exc
         log.info("audit log ready", url=self.audit.engine.url.render_as_string(hide_password=True))
+        self.retention = RetentionSweeper(self.audit, s.audit.retention_days, self.shutdown_request.requested)
+        self.retention.start()
         self.start_metrics()
         # The pipeline, from the far end back, so every stage exists before frames reach it.
         self.link = BrokerLink(s.mqtt, s.frame_topic, f"{self.prefix}/status", self.take)
@@ -94,16 +95,21 @@ class Gateway:
                                    self.bundle.thresholds.tolist())
         self.publisher = ResultPublisher(self.link, self.audit, formatter, self.stats, self.prefix,
                                          self.acknowledge, time.monotonic,
-                                         on_audit_state=lambda status: self.notifier.send(f"STATUS={status}"))
+                                         on_audit_state=self.notifier.status)
         self.batcher: Batcher[Frame] = Batcher(s.batching.max_batch, s.batching.max_wait_ms, s.batching.queue_capacity)
         self.stats.queue_depth = self.batcher.__len__
+        self.stats.mqtt_connected = self.link.connected.is_set
         self.worker = InferenceWorker(self.bundle, self.batcher, self.publisher.batch_decided, self.stats,
                                       on_failure=self.fail)
         self.codec = FrameCodec(self.bundle.input_shape, s.max_payload_bytes)
         self.publisher.start()
         self.worker.start()
-        # Broker: subscribe and say `online` on every connect; READY=1 once subscribed.
-        self.link.on_connected = self.notifier.ready
+        # Broker: subscribe and say `online` on every connect; READY=1 once the broker has
+        # granted the subscription (the model is warm by now).
+        broker = f"{s.mqtt.host}:{s.mqtt.port}"
+        self.link.on_subscribed = lambda: self.notifier.ready(f"serving {s.frame_topic} from {broker}")
+        self.link.on_connection_lost = lambda: self.notifier.status(f"broker {broker} lost, reconnecting")
+        self.notifier.status(f"connecting to the broker {broker}")
         self.link.start(receive_maximum=s.batching.queue_capacity)
 
     def start_metrics(self) -> None:
@@ -123,7 +129,7 @@ class Gateway:
 
     def take(self, delivery: Delivery) -> None:
         """A frame arrives: decode it and queue it for a batch, or answer it with an error."""
-        self.stats.count("received")
+        self.stats.count("received", device=delivery.device_id)
         self.inflight.add()
         result = self.codec.decode(delivery)
         if isinstance(result, Rejection):
@@ -139,7 +145,7 @@ class Gateway:
             self.inflight.done()
             return
         # Overload: acknowledged without a result, so that it does not hold the broker's window.
-        self.stats.count("dropped")
+        self.stats.count("dropped", device=delivery.device_id)
         self.dropped_unlogged += 1
         now = time.monotonic()
         if now >= self.next_drop_log:  # one line a second under overload, not one per frame
@@ -160,10 +166,9 @@ class Gateway:
     # --- main loop ------------------------------------------------------------------------
 
     def main_loop(self, shutdown: ShutdownRequest) -> None:
-        """Periodic duties until a signal: stats, the systemd watchdog, audit retention."""
+        """Periodic duties until a signal: stats and the systemd watchdog (at half its interval)."""
         now = time.monotonic()
-        duties = [(self.settings.stats_interval_s, self.publish_stats),
-                  (PURGE_INTERVAL_S, lambda: self.audit.purge(self.settings.audit.retention_days))]
+        duties = [(self.settings.stats_interval_s, self.publish_stats)]
         if self.notifier.watchdog_interval_s:
             duties.append((self.notifier.watchdog_interval_s, self.notifier.watchdog))
         due = [now + interval for interval, _ in duties]
@@ -178,6 +183,10 @@ class Gateway:
         snapshot: dict[str, Any] = self.stats.snapshot()
         snapshot["in_flight"] = len(self.inflight)
         self.link.publish(f"{self.prefix}/stats", encode(snapshot), lambda: None)
+        pending = snapshot["audit_pending"]
+        held = f", {pending} held until the audit log can be written" if pending else ""
+        self.notifier.status(f"{snapshot['received']} frames received, {snapshot['quarantined']} quarantined, "
+                             f"{snapshot['errors']} errors, {snapshot['dropped']} dropped{held}")
         log.debug("stats", **snapshot)
 
     # --- shutdown -------------------------------------------------------------------------
@@ -185,7 +194,7 @@ class Gateway:
     def shutdown(self, shutdown: ShutdownRequest) -> int:
         deadline = time.monotonic() + self.settings.drain_timeout_s
         log.info("shutting down", signal=shutdown.signal_name, in_flight=len(self.inflight))
-        self.notifier.stopping()
+        self.notifier.stopping(f"draining {len(self.inflight)} frames in flight")
         # Stop taking frames: from here on the broker keeps new ones for our next session.
         self.link.stop_taking_frames()
         self.batcher.close()
@@ -197,6 +206,7 @@ class Gateway:
         # Final stats, then `offline` and a clean disconnect (so the Will is not sent).
         self.publish_stats()
         offline = self.link.close(timeout=max(1.0, deadline - time.monotonic()))
+        self.retention.join(timeout=max(1.0, deadline - time.monotonic()))
         self.audit.close()
         if self.metrics_server is not None:
             self.metrics_server.shutdown()

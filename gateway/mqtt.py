@@ -112,7 +112,10 @@ class BrokerLink:
         self.device_level = settings.input_topic.split("/").index("+")
         self.connected = threading.Event()
         self.tracker = PublishTracker()
-        self.on_connected: Callable[[], None] = lambda: None
+        # Called on paho's network thread: the broker granted the frame subscription (every
+        # (re)connect), or the connection was lost.
+        self.on_subscribed: Callable[[], None] = lambda: None
+        self.on_connection_lost: Callable[[], None] = lambda: None
         self._taking_frames = True
         self._stopping = False
         self.client = self.build_client()
@@ -139,6 +142,7 @@ class BrokerLink:
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         client.on_publish = self._on_publish
+        client.on_subscribe = self._on_subscribe
         return client
 
     def connect_properties(self, receive_maximum: int) -> Properties | None:
@@ -204,10 +208,21 @@ class BrokerLink:
             client.subscribe(self.frame_topic, options=options)
         else:
             client.subscribe(self.frame_topic, qos=self.settings.qos)
+        # Sent after SUBSCRIBE on the same connection, so the broker routes frames to us by the
+        # time anyone sees `online`.
         self.publish(self.status_topic, "online", lambda: None, retain=True)
         self.connected.set()
-        self.on_connected()
-        log.info("broker connected", session_present=flags.session_present, subscribed=self.frame_topic)
+        log.info("broker connected", session_present=flags.session_present)
+
+    def _on_subscribe(self, _client: paho.Client, _userdata: object, _mid: int,
+                      reasons: list[ReasonCode], _props: Properties | None) -> None:
+        if any(reason.is_failure for reason in reasons):
+            # E.g. the broker's ACL forbids the topic: nothing will arrive, so we are not ready.
+            log.error("broker refused the frame subscription", topic=self.frame_topic,
+                      reasons=[str(r) for r in reasons])
+            return
+        log.info("broker subscribed", topic=self.frame_topic)
+        self.on_subscribed()
 
     def _on_connect_fail(self, _client: paho.Client, _userdata: object) -> None:
         log.warning("broker unreachable, retrying", host=self.settings.host, port=self.settings.port)
@@ -217,6 +232,7 @@ class BrokerLink:
         self.connected.clear()
         if not self._stopping:
             log.warning("broker connection lost, reconnecting", reason=str(reason))
+            self.on_connection_lost()
 
     def _on_message(self, _client: paho.Client, _userdata: object, message: paho.MQTTMessage) -> None:
         if not self._taking_frames:

@@ -160,7 +160,7 @@ class ResultPublisher:
         event = self.formatter.result(frame, verdict, latency_ms, audit_id)
         kind = "quarantine" if verdict.adversarial else "label"
         self.send(d, kind, event)
-        self.stats.count("quarantined" if verdict.adversarial else "labelled")
+        self.stats.count("quarantined" if verdict.adversarial else "labelled", device=d.device_id)
         self.stats.latency(latency_ms)
         frame_log = log.bind(device_id=d.device_id, frame_id=frame.frame_id)
         if verdict.adversarial:
@@ -173,7 +173,7 @@ class ResultPublisher:
         d = rejection.delivery
         latency_ms = (self.clock() - d.received_at) * 1000.0
         self.send(d, "error", self.formatter.error(rejection, latency_ms))
-        self.stats.count("errors")
+        self.stats.error(rejection.error, device=d.device_id)
         log.warning("frame rejected", device_id=d.device_id, frame_id=rejection.frame_id,
                     error=rejection.error, detail=rejection.detail, bytes=len(d.payload))
 

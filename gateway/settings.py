@@ -140,6 +140,7 @@ class AuditSettings(Group):
 
 class MetricsSettings(Group):
     listen: str | None = "127.0.0.1:9464"
+    per_device: bool = False
 
     @field_validator("listen")
     @classmethod

@@ -8,6 +8,7 @@ touches the model, so a slow batch never stalls the connection's keepalive.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 
 import numpy as np
@@ -63,7 +64,10 @@ class InferenceWorker:
 
     def decide(self, batch: list[Frame]) -> list[Verdict]:
         pixels = torch.from_numpy(np.stack([f.pixels for f in batch]))  # (N, H, W, C) uint8
+        started = time.perf_counter()
         with torch.inference_mode():
-            # One host→device copy and one device→host copy per batch (inside predict).
+            # One host→device copy and one device→host copy per batch (inside predict); the
+            # copy back synchronises, so the time below includes the device's work.
             decision = self.bundle.predict(pixels)
+        self.stats.inference(time.perf_counter() - started)
         return verdicts(decision)
