@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -29,8 +30,6 @@ from gateway.simulator import Fleet, ImageFormat, Summary, connect, mqtt_client
 ONLINE_TIMEOUT_S = 180.0  # loading torch and the bundle on a busy 2-core machine
 DRAIN_TIMEOUT_S = 10.0
 ANSWER_TIMEOUT_S = 10.0
-AUDIT_QUERY = ("select id, device_id, frame_id, label, original_label, received_at "
-               "from quarantine_events order by id desc limit 10")
 
 
 class DemoGateway:
@@ -97,6 +96,16 @@ class DemoGateway:
         except subprocess.TimeoutExpired:
             self.process.kill()
             return self.process.wait()
+
+
+def defed_command() -> str:
+    """How to run `defed` again from the operator's shell: `defed` when that is what runs us and
+    it is on PATH, else the full path (`./dev demo` runs .venv/bin/defed without activating)."""
+    argv0 = Path(sys.argv[0])
+    if argv0.name != "defed":  # `python -m gateway.cli`, or a test runner
+        return f"{shlex.quote(sys.executable)} -m gateway.cli"
+    on_path = shutil.which("defed")
+    return "defed" if on_path and Path(on_path).resolve() == argv0.resolve() else shlex.quote(str(argv0.resolve()))
 
 
 def live_table(summary: Summary, fps: float) -> Table:
@@ -184,6 +193,7 @@ def demo(duration: float, broker: tuple[str, int] | None, state_dir: Path, devic
     click.echo("\n" + fleet.measurement.summary().render())
     if code != 0:
         raise RuntimeFailure(f"the gateway exited with {code}; see {gateway.log_path}")
+    db = shlex.quote(str(gateway.audit_db))
     click.echo("\nquarantined frames in the demo's audit log:")
-    click.echo(f"  sqlite3 {shlex.quote(str(gateway.audit_db))} {shlex.quote(AUDIT_QUERY)}")
-    click.echo(f"  (`defed quarantine list --db {shlex.quote(str(gateway.audit_db))}` is to come)")
+    click.echo(f"  {defed_command()} quarantine list --db {db}")
+    click.echo("  then, with the same --db: quarantine show ID, quarantine export ID --out frame.png, quarantine stats")

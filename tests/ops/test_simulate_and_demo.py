@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import re
-import sqlite3
-from collections.abc import Iterator
+import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,12 +14,6 @@ from gateway_helpers import gateway_settings, running_gateway
 
 from gateway.broker import PrivateBroker, free_port
 from gateway.cli import main
-
-
-@pytest.fixture
-def broker() -> Iterator[PrivateBroker]:
-    with PrivateBroker() as b:
-        yield b
 
 
 def measured(output: str, name: str) -> str:
@@ -42,8 +38,24 @@ class TestSimulate:
         """Two cameras for a few seconds, 30% FGSM ε=0.3: every frame answered, ≥ 90% of the attacks caught."""
         settings = gateway_settings(tmp_path / "state", broker.port, "mnist")  # type: ignore[arg-type]
         with running_gateway(settings, tmp_path):
-            code = main(["simulate", "--broker", broker.address, "--devices", "2", "--fps", "5",
-                         "--duration", "4", "--adversarial-rate", "0.3", "--attack", "fgsm", "--envelope"])
+            code = main(
+                [
+                    "simulate",
+                    "--broker",
+                    broker.address,
+                    "--devices",
+                    "2",
+                    "--fps",
+                    "5",
+                    "--duration",
+                    "4",
+                    "--adversarial-rate",
+                    "0.3",
+                    "--attack",
+                    "fgsm",
+                    "--envelope",
+                ]
+            )
         output = capsys.readouterr().out
         assert code == 0, output
         sent, answered, detected, attacked = counts(output)
@@ -77,11 +89,34 @@ class TestDemo:
         assert code == 0, output
         sent, answered, detected, _attacked = counts(output)
         assert sent > 0 and answered == sent, output
+        # The closing hint is a command that works as printed, on the demo's audit log.
         db = state / "audit.sqlite3"
-        assert f"sqlite3 {db} " in output and "quarantine_events" in output
-        with sqlite3.connect(db) as conn:
-            rows = conn.execute("select count(*) from quarantine_events").fetchone()[0]
-        assert rows >= detected > 0
+        (hint,) = [line.strip() for line in output.splitlines() if " quarantine list --db " in line]
+        assert hint.endswith(f"quarantine list --db {db}")
+        listed = subprocess.run(
+            [*shlex.split(hint), "--json", "--limit", "0"], capture_output=True, text=True, timeout=120
+        )
+        assert listed.returncode == 0, listed.stderr
+        events = json.loads(listed.stdout)
+        assert len(events) >= detected > 0
+        assert {e["device_id"] for e in events} <= {f"cam-{i:02d}" for i in range(100)}
+
+    def test_hint_names_the_defed_that_runs(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        """`defed` when it is the one on PATH; its full path when not (./dev demo); `python -m` otherwise."""
+        from gateway.commands.demo import defed_command
+
+        bindir = tmp_path / "bin"
+        bindir.mkdir()
+        defed = bindir / "defed"
+        defed.write_text("#!/bin/sh\n")
+        defed.chmod(0o755)
+        monkeypatch.setattr(sys, "argv", [str(defed), "demo"])
+        monkeypatch.setenv("PATH", str(bindir))
+        assert defed_command() == "defed"
+        monkeypatch.setenv("PATH", "/nonexistent")
+        assert defed_command() == str(defed)
+        monkeypatch.setattr(sys, "argv", ["/somewhere/pytest"])
+        assert defed_command() == f"{sys.executable} -m gateway.cli"
 
     def test_bad_broker_address_is_one_line(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
         """`--broker nohost:notaport`: one line on stderr, exit 2."""
