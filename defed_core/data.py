@@ -257,8 +257,9 @@ def fit_image(image: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
 def load_sample(name: str = "mnist") -> ImageSet:
     """A small sample of real test images shipped with the package (for the demo and tests).
 
-    `mnist`: 256 MNIST test images chosen by a seeded permutation (their test-set indices
-    are stored beside them).
+    256 test images chosen by a seeded permutation, cut by `tools/cut_samples.py` (their test-set
+    indices are stored beside them): `mnist`, gray (256, 28, 28, 1); `cifar10`, stored as the
+    dataset's original JPEG files and decoded here to RGB (256, 32, 32, 3).
     """
     from importlib import resources
 
@@ -266,4 +267,5 @@ def load_sample(name: str = "mnist") -> ImageSet:
     if not path.is_file():
         raise DatasetError(f"no shipped sample {name!r}")
     with np.load(path) as z:
-        return ImageSet(z["images"], z["labels"].astype(np.int64), [str(c) for c in z["classes"]])
+        images = decode_jpeg_blob(z["jpeg"], z["offsets"]) if "jpeg" in z.files else z["images"]
+        return ImageSet(images, z["labels"].astype(np.int64), [str(c) for c in z["classes"]])
