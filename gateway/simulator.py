@@ -1,6 +1,7 @@
 """A simulated camera fleet: real test images, some attacked, published to the gateway and measured.
 
-    frames = FramePool.build(bundle, images, labels, attack="fgsm")   # attacks computed once, up front
+    images = load_sample(sample_for(bundle))    # the shipped sample that suits the bundle
+    frames = FramePool.build(bundle, images.images, images.labels, "fgsm")  # attacks computed once, up front
     fleet = Fleet(host, port, frames, devices=4, fps=5, adversarial_rate=0.2)
     with fleet:
         fleet.run(duration=10)            # publish; results are matched as they arrive
@@ -30,16 +31,63 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from defed_core.bundle import Bundle
-from defed_core.data import fit_image, to_uint8
+from defed_core.data import fit_image, to_tensor, to_uint8
+from gateway.codec import decode_image
 from gateway.errors import RuntimeFailure, UserError
 
 AttackName = Literal["fgsm", "pgd"]
 ImageFormat = Literal["png", "jpeg"]
+SampleName = Literal["mnist", "cifar10"]
 Key = tuple[str, str]  # (device_id, frame_id)
 
-# The attacks the fleet can mount, at the budget the shipped MNIST bundle is measured against.
-ATTACKS = {"fgsm": ("fgsm", 0.3), "pgd": ("pgd-linf", 0.3)}
+# The attacks the fleet can mount (all L∞), by their defed_core names.
+ATTACKS: dict[AttackName, str] = {"fgsm": "fgsm", "pgd": "pgd-linf"}
+PGD_STEPS = 40
 RESULT_KINDS = ("label", "quarantine", "error")
+
+
+@dataclass(frozen=True)
+class Budget:
+    """The fleet's L∞ attack budget on pixels in [0, 1], and PGD's step size."""
+
+    eps: float
+    pgd_step: float
+
+    def with_eps(self, eps: float) -> Budget:
+        """Another ε; PGD's step keeps its ratio to ε."""
+        return Budget(eps, self.pgd_step * eps / self.eps)
+
+    def describe(self, attack: AttackName) -> str:
+        steps = f", {PGD_STEPS} steps of {pixel_value(self.pgd_step)}" if attack == "pgd" else ""
+        return f"L∞ ε={pixel_value(self.eps)}{steps}"
+
+
+def pixel_value(value: float) -> str:
+    """A difference of pixel values in [0, 1]: in 255ths when it is a whole number of them."""
+    levels = value * 255
+    return f"{round(levels)}/255" if abs(levels - round(levels)) < 1e-6 else f"{value:g}"
+
+
+# By the data a bundle was made for: the largest L∞ budget of its evaluation report. MNIST's
+# customary ε=0.3 (PGD at ART's step of 0.01); CIFAR-10's 8/255, PGD stepping by 1/255.
+BUDGETS: dict[SampleName, Budget] = {"mnist": Budget(0.3, 0.01), "cifar10": Budget(8 / 255, 1 / 255)}
+
+
+def sample_for(bundle: Bundle) -> SampleName:
+    """The shipped sample (and budget) that suits a bundle: its training data's, else by its channels.
+
+    A colour bundle gets CIFAR-10 and a grayscale one MNIST; FramePool.build fits either to its size.
+    """
+    source = str(bundle.spec.dataset.get("source", "")).lower()
+    for name in BUDGETS:
+        if source.startswith(name):
+            return name
+    return "cifar10" if bundle.input_shape[0] == 3 else "mnist"
+
+
+def default_format(bundle: Bundle) -> ImageFormat:
+    """Colour frames go as JPEG, as camera frames do; grayscale ones as lossless PNG."""
+    return "jpeg" if bundle.input_shape[0] == 3 else "png"
 
 
 # --- the images ----------------------------------------------------------------------------
@@ -47,35 +95,71 @@ RESULT_KINDS = ("label", "quarantine", "error")
 
 @dataclass(frozen=True)
 class FramePool:
-    """Benign images and successful adversarial ones, uint8 (N, H, W, C), ready to encode."""
+    """Benign images and successful adversarial ones, uint8 (N, H, W, C) in RGB, and their encoding."""
 
     benign: np.ndarray
     adversarial: np.ndarray
+    fmt: ImageFormat = "png"
 
     @classmethod
-    def build(cls, bundle: Bundle, images: np.ndarray, labels: np.ndarray, attack: AttackName = "fgsm") -> FramePool:
-        """Fit images to the bundle's input and attack its classifier; keep only attacks that fool it."""
-        from defed_core.attacks import AttackSpec, successful_adversarials
+    def build(
+        cls,
+        bundle: Bundle,
+        images: np.ndarray,
+        labels: np.ndarray,
+        attack: AttackName = "fgsm",
+        budget: Budget | None = None,
+        fmt: ImageFormat | None = None,
+    ) -> FramePool:
+        """Fit RGB or gray images to the bundle's input and attack its classifier.
 
-        benign = np.stack([fit_image(image, bundle.input_shape) for image in images])  # (N, H, W, C)
-        x = torch.from_numpy(benign).permute(0, 3, 1, 2).float().div(255)  # (N, C, H, W)
-        name, eps = ATTACKS[attack]
+        The budget and the format default to the bundle's (`BUDGETS[sample_for(bundle)]`,
+        `default_format`). An adversarial frame is kept only if it still fools the classifier as the gateway decodes it:
+        JPEG's loss can undo a perturbation, and a frame that no longer fools is not an attack.
+        """
+        from defed_core.attacks import AttackSpec, predict_labels, successful_adversarials
+
+        budget = budget or BUDGETS[sample_for(bundle)]
+        fmt = fmt or default_format(bundle)
+        benign = np.stack([fit_rgb(image, bundle.input_shape) for image in images])  # (N, H, W, C)
+        x = to_tensor(benign)  # (N, C, H, W)
+        spec = AttackSpec(ATTACKS[attack], budget.eps, steps=PGD_STEPS, step_size=budget.pgd_step)
         classifier = bundle.classifier.cpu().eval()  # ART runs the attack on the CPU copy
-        x_adv, _, _ = successful_adversarials(classifier, x, torch.from_numpy(labels), AttackSpec(name, eps),
-                                              num_classes=len(bundle.classes))
-        if len(x_adv) == 0:
-            raise UserError(f"the {attack} attack fooled the classifier on none of the {len(x)} images")
-        return cls(benign, to_uint8(x_adv))
+        x_adv, _, y = successful_adversarials(
+            classifier, x, torch.from_numpy(labels), spec, num_classes=len(bundle.classes)
+        )
+        adversarial = to_uint8(x_adv)  # (M, H, W, C)
+        if len(adversarial):
+            received = np.stack([as_received(image, fmt, bundle.input_shape) for image in adversarial])
+            adversarial = adversarial[(predict_labels(classifier, to_tensor(received)) != y).numpy()]
+        if len(adversarial) == 0:
+            raise UserError(
+                f"the {attack} attack ({budget.describe(attack)}) fooled the classifier on none of the "
+                f"{len(x)} images as sent in {fmt}"
+            )
+        return cls(benign, adversarial, fmt)
+
+
+def fit_rgb(image: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
+    """An RGB or gray uint8 (H, W, C) image fitted to `shape` by the gateway's rule (which reads BGR)."""
+    if image.ndim == 3 and image.shape[2] == 3:
+        image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+    return fit_image(image, shape)
 
 
 def encode(image: np.ndarray, fmt: ImageFormat) -> bytes:
-    """uint8 (H, W, C) in RGB order as PNG or JPEG bytes."""
+    """uint8 (H, W, C) in RGB order as PNG or JPEG bytes (OpenCV's default JPEG quality, 95)."""
     if image.shape[2] == 3:
-        image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+        image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)  # OpenCV writes BGR
     ok, buf = cv2.imencode(".png" if fmt == "png" else ".jpg", image)
     if not ok:
         raise RuntimeFailure(f"could not encode a frame as {fmt}")
     return bytes(buf.tobytes())
+
+
+def as_received(image: np.ndarray, fmt: ImageFormat, shape: tuple[int, int, int]) -> np.ndarray:
+    """An image after encoding and the gateway's decoding (gateway.codec): uint8 (H, W, C) RGB in `shape`."""
+    return fit_image(decode_image(encode(image, fmt)), shape)
 
 
 # --- what was measured ---------------------------------------------------------------------
@@ -118,17 +202,19 @@ class Summary:
 
         benign = self.sent - self.sent_attacked
         lat = self.latency_ms
-        return "\n".join([
-            f"frames sent          {self.sent} ({self.sent_attacked} attacked, {benign} benign) "
-            f"in {self.elapsed_s:.1f} s",
-            f"answered             {self.answered} ({self.labelled} labelled, {self.quarantined} quarantined, "
-            f"{self.errors} errors)",
-            f"detection rate       {rate(self.detection_rate)} ({self.detected}/{self.sent_attacked} attacked "
-            "frames quarantined)",
-            f"false-positive rate  {rate(self.false_positive_rate)} ({self.false_positives}/{benign} benign "
-            "frames quarantined)",
-            f"latency              p50 {ms(lat.get('p50'))}, p95 {ms(lat.get('p95'))}, p99 {ms(lat.get('p99'))}",
-        ])
+        return "\n".join(
+            [
+                f"frames sent          {self.sent} ({self.sent_attacked} attacked, {benign} benign) "
+                f"in {self.elapsed_s:.1f} s",
+                f"answered             {self.answered} ({self.labelled} labelled, {self.quarantined} quarantined, "
+                f"{self.errors} errors)",
+                f"detection rate       {rate(self.detection_rate)} ({self.detected}/{self.sent_attacked} attacked "
+                "frames quarantined)",
+                f"false-positive rate  {rate(self.false_positive_rate)} ({self.false_positives}/{benign} benign "
+                "frames quarantined)",
+                f"latency              p50 {ms(lat.get('p50'))}, p95 {ms(lat.get('p95'))}, p99 {ms(lat.get('p99'))}",
+            ]
+        )
 
 
 class Measurement:
@@ -166,9 +252,14 @@ class Measurement:
             quarantined = kinds.count("quarantine")
             detected = attacked_kinds.count("quarantine")
             return Summary(
-                sent=len(self._sent), sent_attacked=sum(a for a, _ in self._sent.values()),
-                answered=len(kinds), labelled=kinds.count("label"), quarantined=quarantined,
-                errors=kinds.count("error"), detected=detected, false_positives=quarantined - detected,
+                sent=len(self._sent),
+                sent_attacked=sum(a for a, _ in self._sent.values()),
+                answered=len(kinds),
+                labelled=kinds.count("label"),
+                quarantined=quarantined,
+                errors=kinds.count("error"),
+                detected=detected,
+                false_positives=quarantined - detected,
                 elapsed_s=time.monotonic() - self._started,
                 latency_ms={f"p{q}": percentile(latencies, q) for q in (50, 95, 99)},
             )
@@ -198,12 +289,21 @@ def connect(client: paho.Client, host: str, port: int, timeout: float = 10.0) ->
 class Fleet:
     """N camera devices on one broker publishing at `fps` frames per second each, and a result listener."""
 
-    def __init__(self, host: str, port: int, frames: FramePool, devices: int = 4, fps: float = 5.0,
-                 adversarial_rate: float = 0.1, fmt: ImageFormat = "png", envelope: bool = False,
-                 topic_prefix: str = "defed", seed: int = 0) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        frames: FramePool,
+        devices: int = 4,
+        fps: float = 5.0,
+        adversarial_rate: float = 0.1,
+        envelope: bool = False,
+        topic_prefix: str = "defed",
+        seed: int = 0,
+    ) -> None:
         self.host, self.port = host, port
         self.frames, self.fps, self.adversarial_rate = frames, fps, adversarial_rate
-        self.fmt, self.envelope, self.prefix = fmt, envelope, topic_prefix
+        self.envelope, self.prefix = envelope, topic_prefix
         self.device_ids = [f"cam-{i:02d}" for i in range(devices)]
         self.measurement = Measurement()
         self.stop = threading.Event()
@@ -263,11 +363,12 @@ class Fleet:
     def publish(self, camera: paho.Client, device_id: str, frame_id: str) -> None:
         attacked = bool(self._rng.random() < self.adversarial_rate)
         pool = self.frames.adversarial if attacked else self.frames.benign
-        image = encode(pool[self._rng.integers(len(pool))], self.fmt)
+        image = encode(pool[self._rng.integers(len(pool))], self.frames.fmt)
         properties = None
         if self.envelope:
-            payload = json.dumps({"frame_id": frame_id, "ts": time.time(),
-                                  "image": base64.b64encode(image).decode()}).encode()
+            payload = json.dumps(
+                {"frame_id": frame_id, "ts": time.time(), "image": base64.b64encode(image).decode()}
+            ).encode()
         else:
             payload = image
             properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]  # paho leaves it unannotated

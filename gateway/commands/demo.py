@@ -14,7 +14,7 @@ import time
 import uuid
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import click
 from rich.console import Console
@@ -40,9 +40,15 @@ class DemoGateway:
         self.log_path = state_dir / "gateway.log"
         self.config = state_dir / "gateway.toml"
         settings: dict[str, Any] = {
-            "state_dir": str(state_dir), "stats_interval_s": 1.0, "drain_timeout_s": DRAIN_TIMEOUT_S,
-            "mqtt": {"host": host, "port": port, "client_id": f"defed-demo-{uuid.uuid4().hex[:8]}",
-                     "session_expiry_s": 60},
+            "state_dir": str(state_dir),
+            "stats_interval_s": 1.0,
+            "drain_timeout_s": DRAIN_TIMEOUT_S,
+            "mqtt": {
+                "host": host,
+                "port": port,
+                "client_id": f"defed-demo-{uuid.uuid4().hex[:8]}",
+                "session_expiry_s": 60,
+            },
             "model": {"bundle": bundle},
             "metrics": {"listen": ""},
             "log": {"level": "info", "format": "json"},
@@ -63,7 +69,11 @@ class DemoGateway:
             # Its own session: Ctrl-C stops the demo, which then stops the gateway with SIGTERM.
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "gateway.cli", "serve", "--config", str(self.config)],
-                stdout=log, stderr=log, start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
         return self
 
     def exited(self) -> bool:
@@ -114,8 +124,11 @@ def live_table(summary: Summary, fps: float) -> Table:
     table.add_column(style="bold")
     table.add_column(justify="right")
     rows = [
-        ("frames/s answered", f"{fps:.1f}"), ("sent", str(summary.sent)), ("labelled", str(summary.labelled)),
-        ("quarantined", str(summary.quarantined)), ("errors", str(summary.errors)),
+        ("frames/s answered", f"{fps:.1f}"),
+        ("sent", str(summary.sent)),
+        ("labelled", str(summary.labelled)),
+        ("quarantined", str(summary.quarantined)),
+        ("errors", str(summary.errors)),
         ("latency p50", "n/a" if lat.get("p50") is None else f"{lat['p50']:.1f} ms"),
         ("latency p99", "n/a" if lat.get("p99") is None else f"{lat['p99']:.1f} ms"),
     ]
@@ -146,15 +159,41 @@ def run_live(fleet: Fleet, duration: float, console: Console) -> None:
 
 
 @click.command()
-@click.option("--duration", type=click.FloatRange(0.1), default=30.0, show_default=True,
-              help="Seconds of publishing (Ctrl-C stops earlier).")
-@click.option("--broker", type=BrokerAddress(), default=None,
-              help="Use this MQTT broker, HOST:PORT, instead of starting a private mosquitto.")
-@click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("defed-demo"),
-              show_default=True, help="The demo gateway's state: its config, log and SQLite audit log.")
+@click.option(
+    "--duration",
+    type=click.FloatRange(0.1),
+    default=30.0,
+    show_default=True,
+    help="Seconds of publishing (Ctrl-C stops earlier).",
+)
+@click.option(
+    "--broker",
+    type=BrokerAddress(),
+    default=None,
+    help="Use this MQTT broker, HOST:PORT, instead of starting a private mosquitto.",
+)
+@click.option(
+    "--state-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("defed-demo"),
+    show_default=True,
+    help="The demo gateway's state: its config, log and SQLite audit log.",
+)
 @fleet_options
-def demo(duration: float, broker: tuple[str, int] | None, state_dir: Path, devices: int, fps: float,
-         adversarial_rate: float, attack: str, fmt: str, envelope: bool, bundle_ref: str, data: Path | None) -> None:
+def demo(
+    duration: float,
+    broker: tuple[str, int] | None,
+    state_dir: Path,
+    devices: int,
+    fps: float,
+    adversarial_rate: float,
+    attack: str,
+    epsilon: float | None,
+    fmt: ImageFormat | None,
+    envelope: bool,
+    bundle_ref: str,
+    data: Path | None,
+) -> None:
     """The whole system on this machine: private broker, gateway, simulated fleet, live summary."""
     state_dir = state_dir.resolve()
     try:
@@ -165,7 +204,7 @@ def demo(duration: float, broker: tuple[str, int] | None, state_dir: Path, devic
     except OSError as exc:
         raise UserError(f"cannot create the state directory {state_dir}: {exc}") from None
     click.echo(f"demo state directory: {state_dir} (gateway log: {state_dir / 'gateway.log'})")
-    frames = build_frames(bundle_ref, data, attack)
+    frames = build_frames(bundle_ref, data, attack, epsilon, fmt)
     ref = bundle_path(bundle_ref)
     console = Console()
     with ExitStack() as stack:
@@ -184,8 +223,9 @@ def demo(duration: float, broker: tuple[str, int] | None, state_dir: Path, devic
         click.echo("starting the gateway …")
         gateway.wait_online(host, port, ONLINE_TIMEOUT_S)
         # Fleet: publish and show the live summary.
-        fleet = Fleet(host, port, frames, devices=devices, fps=fps, adversarial_rate=adversarial_rate,
-                      fmt=cast(ImageFormat, fmt), envelope=envelope)
+        fleet = Fleet(
+            host, port, frames, devices=devices, fps=fps, adversarial_rate=adversarial_rate, envelope=envelope
+        )
         with fleet:
             run_live(fleet, duration, console)
         # Shutdown: the gateway drains and exits 0; the broker stops with the exit stack.

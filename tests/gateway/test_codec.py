@@ -1,9 +1,10 @@
-"""Codec: envelopes, frame ids, conversion to the bundle's input shape, and every error code."""
+"""Codec: envelopes, frame ids, conversion to the bundle's input shape (gray and colour), and every error code."""
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import itertools
 import json
 
 import cv2
@@ -11,8 +12,10 @@ import numpy as np
 import pytest
 from gateway_helpers import envelope, jpeg, png
 
+from defed_core.data import fit_image, load_sample
 from gateway.codec import FrameCodec, content_frame_id
 from gateway.frames import Delivery, Frame, Rejection
+from gateway.simulator import ImageFormat, encode
 
 GRAY = FrameCodec((1, 28, 28), max_payload_bytes=1 << 20)
 COLOUR = FrameCodec((3, 32, 32), max_payload_bytes=1 << 20)
@@ -107,8 +110,10 @@ HOSTILE = {
     "empty": (b"", "undecodable_image"),
     "random bytes": (np.random.default_rng(1).bytes(1000), "undecodable_image"),
     "NUL bytes": (b"\0" * 512, "undecodable_image"),
-    "truncated PNG": (truncated(png(np.random.default_rng(2).integers(0, 255, (64, 64), dtype=np.uint8))),
-                      "undecodable_image"),
+    "truncated PNG": (
+        truncated(png(np.random.default_rng(2).integers(0, 255, (64, 64), dtype=np.uint8))),
+        "undecodable_image",
+    ),
     "broken JSON": (b'{"frame_id": "x", "image": ', "bad_envelope"),
     "bad base64": (b'{"frame_id": "x", "image": "!!!not base64!!!"}', "bad_envelope"),
     "envelope without image": (b'{"frame_id": "x"}', "bad_envelope"),
@@ -150,3 +155,46 @@ class TestRejections:
         assert ok
         result = GRAY.decode(delivery(buf.tobytes()))
         assert isinstance(result, Rejection) and result.error == "unsupported_image"
+
+
+def sample_jpeg_files() -> list[bytes]:
+    """The shipped CIFAR-10 sample's JPEG files, as stored (the bytes a camera would send)."""
+    from importlib import resources
+
+    with np.load(str(resources.files("defed_core") / "samples" / "cifar10-test-sample.npz")) as z:
+        blob, offsets = z["jpeg"], z["offsets"]
+        return [blob[a:b].tobytes() for a, b in itertools.pairwise(offsets)]
+
+
+class TestColourFrames:
+    def test_jpeg_frame_is_the_rule_applied_to_the_decoded_image(self) -> None:
+        """A colour JPEG reaches a colour bundle as fit_image of OpenCV's decoding, i.e. its RGB pixels."""
+        data = jpeg(np.random.default_rng(4).integers(0, 255, (48, 64, 3), dtype=np.uint8))
+        frame = COLOUR.decode(delivery(data))
+        decoded = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)  # (48, 64, 3) BGR
+        assert isinstance(frame, Frame) and np.array_equal(frame.pixels, fit_image(decoded, (3, 32, 32)))
+
+    @pytest.mark.parametrize("fmt", ["png", "jpeg"])
+    def test_pure_red_arrives_in_channel_zero(self, fmt: ImageFormat) -> None:
+        """A pure red frame from the simulator's encoder arrives as R=255 in channel 0, G and B near 0."""
+        red = np.zeros((32, 32, 3), np.uint8)
+        red[..., 0] = 255  # RGB
+        frame = COLOUR.decode(delivery(encode(red, fmt)))
+        assert isinstance(frame, Frame)
+        r, g, b = (frame.pixels[..., c].astype(int) for c in range(3))
+        assert r.min() >= 250 and g.max() <= 5 and b.max() <= 5, frame.pixels[0, 0]
+
+    def test_shipped_cifar10_jpegs_arrive_as_the_sample_loads(self) -> None:
+        """The sample's original JPEG files decode in the gateway to exactly the RGB images load_sample gives."""
+        sample = load_sample("cifar10")
+        files = sample_jpeg_files()
+        assert len(files) == len(sample) == 256
+        for i in range(0, 256, 17):
+            frame = COLOUR.decode(delivery(files[i]))
+            assert isinstance(frame, Frame) and np.array_equal(frame.pixels, sample.images[i]), i
+
+    def test_simulator_png_is_lossless_in_rgb(self) -> None:
+        """The simulator's PNG of an RGB image reaches the bundle pixel for pixel."""
+        image = load_sample("cifar10").images[3]
+        frame = COLOUR.decode(delivery(encode(image, "png")))
+        assert isinstance(frame, Frame) and np.array_equal(frame.pixels, image)
