@@ -31,7 +31,7 @@ FORMAT_VERSION = 1
 DEFAULT_BUNDLES = "bundles"
 
 
-Backend = Literal["auto", "torch", "onnxruntime"]
+Backend = Literal["torch", "onnxruntime"]
 Precision = Literal["fp32", "fp16", "bf16"]
 AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -42,9 +42,9 @@ def use_onnxruntime(backend: Backend, device: torch.device) -> bool:
         if device.type != "cpu":
             raise BundleError(f"the onnxruntime backend runs on the CPU only, not on {device}")
         if not onnxruntime_available():
-            raise BundleError("the onnxruntime backend needs the onnxruntime package (pip install onnxruntime)")
+            raise BundleError("the onnxruntime backend needs the onnx extra: pip install 'defed-gateway[onnx]'")
         return True
-    return backend == "auto" and device.type == "cpu" and onnxruntime_available()
+    return False
 
 
 class BundleError(ValueError):
@@ -121,7 +121,7 @@ class Bundle:
         denoisers: list[Denoiser],
         device: torch.device | str = "cpu",
         fast: bool = False,
-        backend: Backend = "auto",
+        backend: Backend = "torch",
         precision: Precision = "fp32",
     ) -> None:
         if len(denoisers) != len(spec.members) or len(spec.calibration.thresholds) != len(spec.members):
@@ -268,13 +268,13 @@ class Bundle:
         path: str | Path,
         device: str = "auto",
         fast: bool = True,
-        backend: Backend = "auto",
+        backend: Backend = "torch",
         precision: Precision = "fp32",
     ) -> Bundle:
         """Load and verify a bundle directory; `fast=False` runs the plain modules instead.
 
-        `backend` chooses the fast path's engine: `torch`, `onnxruntime` (CPU only), or `auto`
-        (ONNX Runtime on a CPU when it is installed, torch otherwise). `precision` fp16/bf16
+        `backend` chooses the fast path's engine: `torch`, or `onnxruntime` (CPU only, the
+        `onnx` extra; it did not beat torch on the development CPU, docs/performance.md). `precision` fp16/bf16
         runs the torch fast path's networks under autocast (meant for GPUs; docs/performance.md
         gives its measured effect on scores).
         """
@@ -317,7 +317,7 @@ class Bundle:
         name: str = "mnist",
         device: str = "auto",
         fast: bool = True,
-        backend: Backend = "auto",
+        backend: Backend = "torch",
         precision: Precision = "fp32",
     ) -> Bundle:
         """A bundle shipped inside the package, by name."""

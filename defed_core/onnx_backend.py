@@ -1,11 +1,12 @@
-"""ONNX Runtime as the fast path's engine on a CPU.
+"""ONNX Runtime as an optional engine for the fast path on a CPU (`model.backend = "onnxruntime"`).
 
 The folded networks of a `FastEnsemble` (classifier and K members) are exported once, at load,
 into one ONNX graph with a dynamic batch axis, and run by ONNX Runtime's CPU provider. The graph
 computes exactly what the torch fast path computes; scores and decisions stay in torch (they are
-cheap and shared by every backend). On this project's 2-core CPU, ONNX Runtime was about 3×
-faster than eager torch per small batch — where the per-operator overhead of eager dispatch
-dominates — and on par for large batches (docs/performance.md has the table).
+cheap and shared by every backend). Measured side by side on the development CPU
+(docs/performance.md) it was slightly faster than the torch fast path at batch 1 and slower from
+batch 8 up, so torch is the default and this engine is an option (the `onnx` extra) for CPUs
+where it measures better.
 
 Export takes well under a second per bundle and needs no file: the graph is built in memory, so
 a hub restarting the service pays it once per start-up, and nothing can go stale.

@@ -39,7 +39,7 @@ log = structlog.get_logger("gateway.app")
 
 
 def load_bundle(
-    name_or_path: str, device: str, backend: Backend = "auto", precision: Precision = "fp32"
+    name_or_path: str, device: str, backend: Backend = "torch", precision: Precision = "fp32"
 ) -> Bundle:
     """`model.bundle` is a directory holding bundle.json, or the name of a shipped bundle."""
     try:

@@ -20,7 +20,7 @@ from gateway.errors import UserError
 
 MqttProtocol = Literal["5", "3.1.1"]
 DeviceChoice = Literal["auto", "cpu", "cuda"]
-BackendChoice = Literal["auto", "torch", "onnxruntime"]
+BackendChoice = Literal["torch", "onnxruntime"]
 PrecisionChoice = Literal["fp32", "fp16", "bf16"]
 LogFormat = Literal["auto", "json", "console"]
 LogLevel = Literal["debug", "info", "warning", "error"]
@@ -127,7 +127,7 @@ class BatchingSettings(Group):
 class ModelSettings(Group):
     bundle: str = "mnist"
     device: DeviceChoice = "auto"
-    backend: BackendChoice = "auto"
+    backend: BackendChoice = "torch"
     precision: PrecisionChoice = "fp32"
     threads: int = Field(0, ge=0, le=1024)
 
