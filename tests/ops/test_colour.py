@@ -28,7 +28,7 @@ from gateway.simulator import BUDGETS, Budget, default_format, encode, pixel_val
 
 COLOUR = (3, 32, 32)
 # These tests share two cores with training runs: a VGG bundle may take minutes to build and load.
-STARTUP_TIMEOUT_S = 240.0
+STARTUP_TIMEOUT_S = 480.0
 pytestmark = pytest.mark.timeout(1200)
 
 
