@@ -42,6 +42,11 @@ class Gateway(GatewayProcess):
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
 
+    def start(self, wait_ready: bool = True, timeout: float = 180.0) -> Gateway:
+        """Start, and wait for READY=1 (generously: on a loaded 2-core machine start-up took 40 s)."""
+        super().start(wait_ready, timeout)
+        return self
+
     def _read(self) -> None:
         self.notify.settimeout(0.5)
         while not self._closed:

@@ -275,7 +275,7 @@ class TestGatewayOverTls:
 
 def serve_exit(config: Path) -> tuple[int, str]:
     done = subprocess.run([sys.executable, "-m", "gateway.cli", "serve", "--config", str(config)],
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=240)
     return done.returncode, done.stderr.strip()
 
 
