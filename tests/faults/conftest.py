@@ -18,32 +18,10 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "gateway"))
 
-from gateway_helpers import Camera, ResultListener, mnist_digits, write_bundle
-
-from gateway.broker import PrivateBroker
+from gateway_fixtures import broker, close_cameras, listener  # noqa: F401  # fixtures, used by name
+from gateway_helpers import mnist_digits, write_bundle
 
 FIGURES: list[dict[str, Any]] = []
-
-
-@pytest.fixture(autouse=True)
-def close_cameras() -> Iterator[None]:
-    """No camera of one test keeps reconnecting into the next test's broker."""
-    yield
-    while Camera.open_cameras:
-        Camera.open_cameras.pop().close()
-
-
-@pytest.fixture
-def broker() -> Iterator[PrivateBroker]:
-    with PrivateBroker() as b:
-        yield b
-
-
-@pytest.fixture
-def listener(broker: PrivateBroker) -> Iterator[ResultListener]:
-    listening = ResultListener(broker.port)
-    yield listening
-    listening.close()
 
 
 @pytest.fixture(scope="session")

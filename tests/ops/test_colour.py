@@ -71,19 +71,6 @@ def running_gateway(settings: dict[str, Any], workdir: Path) -> Iterator[Gateway
 
 
 @pytest.fixture
-def broker() -> Iterator[PrivateBroker]:
-    with PrivateBroker() as b:
-        yield b
-
-
-@pytest.fixture
-def listener(broker: PrivateBroker) -> Iterator[ResultListener]:
-    listening = ResultListener(broker.port)
-    yield listening
-    listening.close()
-
-
-@pytest.fixture
 def camera(broker: PrivateBroker) -> Iterator[Camera]:
     cam = Camera(broker.port)
     yield cam
