@@ -95,11 +95,15 @@ DETAIL_COLUMNS = (
 )
 
 
-def list_events(connection: Connection, where: EventFilter, limit: int | None = None) -> list[EventSummary]:
-    """Matching events, newest first; at most `limit` of them."""
+def list_events(
+    connection: Connection, where: EventFilter, limit: int | None = None, offset: int = 0
+) -> list[EventSummary]:
+    """Matching events, newest first; at most `limit` of them, after skipping the first `offset` (a page)."""
     query = select(*SUMMARY_COLUMNS).where(*where.conditions()).order_by(Q.received_at.desc(), Q.id.desc())
     if limit is not None:
         query = query.limit(limit)
+    if offset:
+        query = query.offset(offset)
     return [EventSummary(**with_utc_times(row._asdict())) for row in connection.execute(query)]
 
 
@@ -116,6 +120,12 @@ def event_image(connection: Connection, event_id: int) -> bytes | None:
     """The frame's bytes as received; None for an unknown id or an event stored without its image."""
     image = connection.scalar(select(Q.image).where(Q.id == event_id))
     return None if image is None else bytes(image)
+
+
+def device_ids(connection: Connection, limit: int = 1000) -> list[str]:
+    """The devices that have events, in order; at most `limit` of them (for a picker, not a census)."""
+    query = select(Q.device_id).distinct().order_by(Q.device_id).limit(limit)
+    return list(connection.scalars(query))
 
 
 def counts_by_device(connection: Connection, where: EventFilter) -> list[DeviceCount]:

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from gateway.errors import UserError
+from gateway.review.listen import ListenError, parse_listen
 
 MqttProtocol = Literal["5", "3.1.1"]
 DeviceChoice = Literal["auto", "cpu", "cuda"]
@@ -153,6 +154,38 @@ class MetricsSettings(Group):
         return listen
 
 
+class ReviewSettings(Group):
+    """`defed quarantine serve`: the read-only review page over the audit log."""
+
+    listen: str = "127.0.0.1:8088"
+    username: str = Field("defed", min_length=1)
+    password: SecretStr | None = None
+    page_size: int = Field(50, ge=1, le=500)
+
+    @field_validator("listen")
+    @classmethod
+    def host_port(cls, listen: str) -> str:
+        try:
+            parse_listen(listen)
+        except ListenError as exc:
+            raise ValueError(str(exc)) from None
+        return listen
+
+    @field_validator("username")
+    @classmethod
+    def no_colon(cls, username: str) -> str:
+        if ":" in username:
+            raise ValueError("must not contain ':' (HTTP Basic auth separates user and password with it)")
+        return username
+
+    @field_validator("password")
+    @classmethod
+    def not_empty(cls, password: SecretStr | None) -> SecretStr | None:
+        if password is not None and not password.get_secret_value():
+            raise ValueError("must not be empty (leave it unset for no password)")
+        return password
+
+
 class LogSettings(Group):
     level: LogLevel = "info"
     format: LogFormat = "auto"
@@ -176,6 +209,7 @@ class GatewaySettings(BaseSettings):
     audit: AuditSettings = Field(default_factory=AuditSettings)  # type: ignore[arg-type]
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     log: LogSettings = Field(default_factory=LogSettings)
+    review: ReviewSettings = Field(default_factory=ReviewSettings)  # type: ignore[arg-type]
 
     @classmethod
     def settings_customise_sources(

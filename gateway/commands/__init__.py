@@ -13,6 +13,7 @@ def register(cli: click.Group) -> None:
         import_reference,
         predict,
         quarantine,
+        quarantine_serve,
         serve,
         simulate,
         train,
@@ -21,3 +22,4 @@ def register(cli: click.Group) -> None:
     for command in (train.train, calibrate.calibrate, import_reference.import_reference, predict.predict,
                     evaluate.evaluate, serve.serve, simulate.simulate, demo.demo, quarantine.quarantine):
         cli.add_command(command)
+    quarantine.quarantine.add_command(quarantine_serve.serve_command)

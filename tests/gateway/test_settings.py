@@ -45,6 +45,9 @@ class TestSettings:
         ("[batching]\nmax_batch = 0\n", "batching.max_batch"),
         ("[model]\ndevice = 'tpu'\n", "model.device"),
         ("[log]\nformat = 'xml'\n", "log.format"),
+        ("[review]\nlisten = '8088'\n", "review.listen"),
+        ("[review]\npage_size = 0\n", "review.page_size"),
+        ("[review]\npassword = ''\n", "review.password"),
     ])
     def test_bad_setting_is_one_line_naming_it(self, tmp_path: Path, toml: str, named: str) -> None:
         """An invalid setting raises a UserError whose single line names the setting."""
