@@ -16,6 +16,11 @@ Exact rewrites (up to float rounding):
    no activation between them, so it is one affine map of the whole image; for a small input
    (MNIST: 784 values) a 784×784 matrix product costs 12× fewer multiply-adds than the six
    convolutions, borders included (zero padding is part of the map).
+6. **No transposed convolutions** (members run one by one, i.e. on a CPU): a stride-1 transposed
+   3×3 convolution is the ordinary convolution with the kernel flipped and its in/out axes
+   swapped; a stride-2 2×2 one (no overlap between output tiles) is a 1×1 convolution to four
+   times the channels followed by a pixel shuffle. On a CPU both run on faster kernels than the
+   transposed ones (docs/performance.md).
 
 `FastEnsemble(bundle)` exposes the same `outputs` as the bundle; `Bundle.predict` uses it when
 `bundle.accelerate()` has been called.
@@ -104,6 +109,51 @@ def prepare_filters(module: nn.Module) -> nn.Module:
             setattr(block, "edge", PreparedFilter(edge.kernel, channels, "reflect"))  # noqa: B010
         elif isinstance(edge, SobelMagnitude):
             setattr(block, "edge", PreparedFilter(edge.kernel, channels, "replicate", edge.eps))  # noqa: B010
+    return module
+
+
+class PixelShuffleUp(nn.Module):
+    """A stride-2 2×2 transposed convolution as a 1×1 convolution to 4× channels + pixel shuffle."""
+
+    def __init__(self, conv: nn.ConvTranspose2d) -> None:
+        super().__init__()
+        cin, cout = conv.in_channels, conv.out_channels
+        self.conv = nn.Conv2d(cin, cout * 4, 1)
+        # Output channel o·4 + a·2 + b of the 1×1 conv lands at pixel (2i + a, 2j + b) of channel o.
+        weight = conv.weight.detach().permute(1, 2, 3, 0).reshape(cout * 4, cin, 1, 1)
+        self.conv.weight = nn.Parameter(weight.contiguous())
+        self.conv.bias = nn.Parameter(bias_of(conv).repeat_interleave(4))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.nn.functional.pixel_shuffle(self.conv(x), 2)
+
+
+def bias_of(conv: nn.Conv2d | nn.ConvTranspose2d) -> Tensor:
+    return conv.bias.detach() if conv.bias is not None else torch.zeros(conv.out_channels)
+
+
+def untranspose(conv: nn.ConvTranspose2d) -> nn.Module | None:
+    """The ordinary-convolution form of a transposed convolution, or None where there is none here."""
+    if conv.groups != 1 or conv.dilation != (1, 1) or conv.output_padding != (0, 0) or isinstance(conv.padding, str):
+        return None
+    (kh, kw), (ph, pw) = conv.kernel_size, conv.padding
+    if conv.stride == (1, 1) and ph < kh and pw < kw:
+        out = nn.Conv2d(conv.in_channels, conv.out_channels, (kh, kw), padding=(kh - 1 - ph, kw - 1 - pw))
+        out.weight = nn.Parameter(conv.weight.detach().transpose(0, 1).flip(-1, -2).contiguous())
+        out.bias = nn.Parameter(bias_of(conv))
+        return out
+    if conv.stride == (2, 2) and (kh, kw) == (2, 2) and (ph, pw) == (0, 0):
+        return PixelShuffleUp(conv)
+    return None
+
+
+def untranspose_all(module: nn.Module) -> nn.Module:
+    """Replace every transposed convolution that has an ordinary form by it, in place."""
+    for name, child in list(module.named_modules()):
+        if not isinstance(child, nn.ConvTranspose2d) or (replacement := untranspose(child)) is None:
+            continue
+        parent_name, _, attr = name.rpartition(".")
+        setattr(module.get_submodule(parent_name) if parent_name else module, attr, replacement)
     return module
 
 
@@ -212,14 +262,21 @@ class FastEnsemble(nn.Module):
         self.group_members = group_members
         self.classifier = fold_all_batchnorms(copy.deepcopy(classifier)).eval()
         self.stacked = prepare_filters(stack_denoisers(denoisers)) if group_members else None
-        members = [] if group_members else [prepare_filters(fold_all_batchnorms(copy.deepcopy(d))) for d in denoisers]
+        members = (
+            []
+            if group_members
+            else [untranspose_all(prepare_filters(fold_all_batchnorms(copy.deepcopy(d)))) for d in denoisers]
+        )
         if input_shape is not None:
             members = [collapse_skip1(d, input_shape) for d in members]
-        self.members = nn.ModuleList([d.eval() for d in members])
+        # Members one by one run on oneDNN, whose kernels for these widths (16–32 channels, and
+        # above all the per-channel blur/edge filters) are faster on channels-last feature maps.
+        self.members = nn.ModuleList([d.eval().to(memory_format=torch.channels_last) for d in members])  # type: ignore[call-overload]  # the stubs omit memory_format
 
     def denoise(self, x: Tensor) -> Tensor:
         """All members' outputs: (K, N, C, H, W)."""
         if self.stacked is None:
+            x = x.contiguous(memory_format=torch.channels_last)
             return torch.stack([d(x) for d in self.members])
         n, c, h, w = x.shape
         stacked: Tensor = self.stacked(x.repeat(1, self.k, 1, 1))  # (N, K·C, H, W)

@@ -11,7 +11,7 @@ from defed_core.bundle import Bundle, BundleError
 from defed_core.data import load_sample, to_tensor
 from defed_core.denoiser import Denoiser, DenoiserConfig
 from defed_core.ensemble import run_members
-from defed_core.fast import AffineImageMap, FastEnsemble, fold_batchnorm
+from defed_core.fast import AffineImageMap, FastEnsemble, PixelShuffleUp, fold_batchnorm, untranspose
 from defed_core.onnx_backend import OnnxEnsemble, onnxruntime_available
 from defed_core.testing import untrained_bundle
 
@@ -61,6 +61,27 @@ def test_folded_transposed_convolution() -> None:
     bn.running_var.uniform_(0.5, 2)
     x = torch.rand(2, 4, 5, 5)
     assert torch.allclose(bn(conv(x)), fold_batchnorm(conv, bn)(x), atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("channels", "kernel", "stride", "padding", "expected"),
+    [(16, 3, 1, 1, torch.nn.Conv2d), (32, 2, 2, 0, PixelShuffleUp), (3, 3, 1, 0, torch.nn.Conv2d)],
+)
+def test_transposed_convolution_rewritten_as_an_ordinary_one(
+    channels: int, kernel: int, stride: int, padding: int, expected: type
+) -> None:
+    """Rewrite 6: the decoder's transposed convolutions (and a padding-free one) keep their outputs."""
+    torch.manual_seed(0)
+    conv = torch.nn.ConvTranspose2d(channels, 5, kernel, stride=stride, padding=padding).eval()
+    rewritten = untranspose(conv)
+    assert isinstance(rewritten, expected)
+    x = torch.randn(3, channels, 7, 6)
+    with torch.no_grad():
+        assert torch.allclose(rewritten(x), conv(x), atol=1e-5)
+
+
+def test_transposed_convolution_without_an_ordinary_form_is_kept() -> None:
+    assert untranspose(torch.nn.ConvTranspose2d(4, 4, 3, stride=2, padding=1, output_padding=1)) is None
 
 
 @pytest.mark.parametrize("edge", ["laplacian", "sobel"])
