@@ -63,12 +63,20 @@ PRESETS: dict[str, Preset] = {
     ),
     "cifar10": Preset(
         name="cifar10",
-        version="1.0.0",
+        version="1.1.0",
         input_shape=(3, 32, 32),
         classifier=ClassifierConfig("vgg", 3, 10),
-        # 40 epochs at lr 0.05 reached 83.9 % test accuracy; longer, with label smoothing, for ≥ 85 %.
+        # 40 epochs at lr 0.05 reached 83.9 % test accuracy, 70 at lr 0.1 with label smoothing 84.65 %
+        # (one shift per batch both times); a random crop for each image and 90 epochs for ≥ 85 %.
         classifier_training=ClassifierTraining(
-            epochs=70, lr=0.1, shift=4, flip=True, optimizer="sgd", weight_decay=5e-4, label_smoothing=0.1
+            epochs=90,
+            lr=0.1,
+            shift=4,
+            shift_each_image=True,
+            flip=True,
+            optimizer="sgd",
+            weight_decay=5e-4,
+            label_smoothing=0.1,
         ),
         # Chosen on the validation split among members at σ 8, 16 and 32 (all combinations, score
         # alpha 0–1, four threshold rules): at ≤ 4 % validation FPR the σ=32 member alone detected
@@ -77,7 +85,10 @@ PRESETS: dict[str, Preset] = {
         edge="laplacian",
         denoiser_epochs=3,
         denoiser_images_per_epoch=20_000,
-        score_alpha=0.003,
+        # Chosen on the validation split with the 1.1.0 classifier (docs/training.md): its
+        # denoised images' CE carries more of the detection than the 1.0.0 classifier's did, so
+        # the 1.0.0 weight (0.003) left it out; 0.03 keeps the held-out FPR at 4.3 %.
+        score_alpha=0.03,
         rule="fpr",
         target_fpr=0.04,
     ),

@@ -33,6 +33,9 @@ class ClassifierTraining:
     batch_size: int = 128
     lr: float = 1e-3
     shift: int = 2  # random translation (pixels) as augmentation; 0 turns it off
+    # One random offset for each image (a random crop of the padded image) rather than one for the
+    # whole batch: many more distinct views per epoch. The mnist bundle was trained per batch.
+    shift_each_image: bool = False
     flip: bool = False  # random horizontal flips (natural images, not digits)
     # Adam suits the small LeNet; the BatchNorm VGG generalises better with SGD + momentum + weight decay.
     optimizer: Literal["adam", "sgd"] = "adam"
@@ -63,13 +66,20 @@ def batches(
         yield to_tensor(images.images[idx]), torch.from_numpy(images.labels[idx])
 
 
-def augment(x: Tensor, shift: int, flip: bool, gen: torch.Generator) -> Tensor:
-    """Random translation by up to `shift` pixels (zero fill) and optional horizontal flips."""
+def augment(x: Tensor, shift: int, flip: bool, gen: torch.Generator, each_image: bool = False) -> Tensor:
+    """Random translation by up to `shift` pixels (zero fill), per batch or per image, and optional
+    horizontal flips."""
     if shift:
-        _n, _, h, w = x.shape
+        n, c, h, w = x.shape
         padded = F.pad(x, (shift, shift, shift, shift))
-        dy, dx = torch.randint(0, 2 * shift + 1, (2,), generator=gen).tolist()
-        x = padded[:, :, dy : dy + h, dx : dx + w]
+        if each_image:
+            dy, dx = torch.randint(0, 2 * shift + 1, (2, n), generator=gen)
+            rows = (dy[:, None] + torch.arange(h))[:, None, :, None]
+            cols = (dx[:, None] + torch.arange(w))[:, None, None, :]
+            x = padded[torch.arange(n)[:, None, None, None], torch.arange(c)[None, :, None, None], rows, cols]
+        else:
+            dy0, dx0 = torch.randint(0, 2 * shift + 1, (2,), generator=gen).tolist()
+            x = padded[:, :, dy0 : dy0 + h, dx0 : dx0 + w]
     if flip:
         mask = torch.rand(x.shape[0], generator=gen) < 0.5
         x = torch.where(mask[:, None, None, None], x.flip(-1), x)
@@ -131,7 +141,7 @@ def train_classifier(
             leave=False,
         )
         for x, y in bar:
-            x = augment(x, training.shift, training.flip, gen).to(device)
+            x = augment(x, training.shift, training.flip, gen, training.shift_each_image).to(device)
             loss = F.cross_entropy(model(x), y.to(device), label_smoothing=training.label_smoothing)
             opt.zero_grad(set_to_none=True)
             loss.backward()  # type: ignore[no-untyped-call]  # torch does not annotate backward

@@ -68,6 +68,7 @@ def main() -> None:
     ap.add_argument("--sigmas", default="0,20,40,80,120")
     ap.add_argument("--epochs", type=int, help="denoiser epochs (default: the preset's)")
     ap.add_argument("--images-per-epoch", type=int, help="denoiser images per epoch (default: the preset's)")
+    ap.add_argument("--alpha", type=float, help="the CE weight of the denoisers' training loss (default: the preset's)")
     ap.add_argument("--attacked", type=int, default=600)
     args = ap.parse_args()
     out = Path(args.out)
@@ -90,6 +91,7 @@ def main() -> None:
             preset.denoiser_training(sigma),
             epochs=args.epochs or preset.denoiser_epochs,
             images_per_epoch=args.images_per_epoch or preset.denoiser_images_per_epoch,
+            alpha=preset.alpha if args.alpha is None else args.alpha,
         )
         denoisers.append(
             (

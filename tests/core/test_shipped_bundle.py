@@ -38,3 +38,16 @@ def test_flags_heavily_perturbed_digits() -> None:
     sign = torch.randint(0, 2, x.shape, generator=torch.Generator().manual_seed(0)) * 2 - 1
     d = Bundle.load_default("mnist", device="cpu").predict((x + 0.3 * sign).clamp(0, 1))
     assert d.adversarial.float().mean() >= 0.95
+
+
+def test_cifar10_is_shipped_calibrated_on_validation_and_accurate_on_its_sample() -> None:
+    """The colour bundle: 256 real JPEG test images, labels right on ≥ 84 %, at most 6 % flagged."""
+    assert "cifar10" in shipped_bundles()
+    doc = json.loads((default_bundle_path("cifar10") / "bundle.json").read_text())
+    assert doc["calibration"]["origin"] == {"split": "validation", **doc["dataset"]["validation"]}
+    bundle = Bundle.load_default("cifar10", device="cpu")
+    assert bundle.input_shape == (3, 32, 32) and bundle.classes[0] == "airplane"
+    sample = load_sample("cifar10")
+    d = bundle.predict(sample.images)
+    assert (d.original_label.numpy() == sample.labels).mean() >= 0.84
+    assert int(d.adversarial.sum()) <= 16
