@@ -6,7 +6,8 @@ Every path runs `Bundle.predict` (validation, networks, scores, decisions, copy 
 same real test images of the bundle's dataset: the plain eager modules built from DESIGN §1, the
 fast path in torch (`defed_core.fast.FastEnsemble`) and, on a CPU with onnxruntime installed, the
 fast path on ONNX Runtime (`defed_core.onnx_backend`). Each cell runs for about `--seconds` after a
-warm-up; frames/s and per-batch latency (median) are printed as a table, with speed-ups over plain.
+warm-up, in rounds that alternate between the paths; frames/s (batch ÷ median time) and per-batch
+latency (median) are printed as a table, with speed-ups over plain.
 """
 
 from __future__ import annotations
@@ -24,27 +25,40 @@ from defed_core.data import load_sample
 from defed_core.onnx_backend import onnxruntime_available
 
 
-def measure(bundle: Bundle, batch: torch.Tensor, seconds: float) -> tuple[float, float]:
-    """(frames/s, median ms per batch) of `bundle.predict` on `batch`."""
-    for _ in range(3):
-        bundle.predict(batch)
+def timings(bundle: Bundle, batch: torch.Tensor, seconds: float) -> list[float]:
+    """Seconds per `bundle.predict` call on `batch`, for about `seconds` (at least 3 calls)."""
+    bundle.predict(batch)  # warm: oneDNN builds its kernels for a new shape on the first call
     times = []
     deadline = time.perf_counter() + seconds
-    while time.perf_counter() < deadline or len(times) < 5:
+    while time.perf_counter() < deadline or len(times) < 3:
         start = time.perf_counter()
         bundle.predict(batch)
         times.append(time.perf_counter() - start)
-    return len(batch) * len(times) / sum(times), statistics.median(times) * 1000
+    return times
 
 
-def rows(bundles: dict[str, Bundle], images: np.ndarray, batches: list[int], seconds: float) -> list[dict[str, float]]:
-    """One row per batch size: frames/s and median ms per batch for every path."""
+def rows(
+    bundles: dict[str, Bundle], images: np.ndarray, batches: list[int], seconds: float, rounds: int = 6
+) -> list[dict[str, float]]:
+    """One row per batch size: frames/s and median ms per batch for every path.
+
+    The paths take turns in `rounds` short rounds rather than one long run each, so that a
+    stretch of interference from the rest of the machine falls on all of them alike, with a pause
+    between turns so that one path's spinning thread pool does not slow the next; the median
+    per-batch time over all rounds gives both figures (frames/s = batch size ÷ median).
+    """
     table = []
     for b in batches:
         batch = torch.from_numpy(images[np.arange(b) % len(images)])  # (b, H, W, C)
+        times: dict[str, list[float]] = {name: [] for name in bundles}
+        for _ in range(rounds):
+            for name, bundle in bundles.items():
+                times[name] += timings(bundle, batch, seconds / rounds)
+                time.sleep(0.2)  # the previous path's idle worker threads stop spinning before the next starts
         row: dict[str, float] = {"batch": b}
-        for name, bundle in bundles.items():
-            row[f"{name}_fps"], row[f"{name}_ms"] = measure(bundle, batch, seconds)
+        for name, t in times.items():
+            median = statistics.median(t)
+            row[f"{name}_fps"], row[f"{name}_ms"] = b / median, median * 1000
         table.append(row)
     return table
 

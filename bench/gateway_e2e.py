@@ -88,13 +88,17 @@ def peak_rss_mb(pid: int) -> float:
 
 
 def start_gateway(workdir: Path, port: int, bundle: Path, batch: int, wait_ms: float,
-                  threads: int) -> tuple[subprocess.Popen[bytes], float]:
-    """The gateway as a subprocess, and the seconds from exec to systemd READY=1."""
+                  threads: int, frames: int = 4096) -> tuple[subprocess.Popen[bytes], float]:
+    """The gateway as a subprocess, and the seconds from exec to systemd READY=1.
+
+    Its queue holds the whole flood: a full queue drops frames (by design, counted), and a dropped
+    frame has no result to wait for.
+    """
     config = workdir / f"gateway-{batch}.toml"
     config.write_text(
         f'state_dir = "{workdir / f"state-{batch}"}"\nstats_interval_s = 60\n'
         f'[mqtt]\nhost = "127.0.0.1"\nport = {port}\nclient_id = "bench-{uuid.uuid4().hex[:6]}"\n'
-        f'[batching]\nmax_batch = {batch}\nmax_wait_ms = {wait_ms}\nqueue_capacity = 4096\n'
+        f'[batching]\nmax_batch = {batch}\nmax_wait_ms = {wait_ms}\nqueue_capacity = {max(4096, frames)}\n'
         f'[model]\nbundle = "{bundle}"\ndevice = "cpu"\nthreads = {threads}\n'
         '[metrics]\nlisten = ""\n[log]\nlevel = "warning"\nformat = "json"\n'
     )
@@ -115,7 +119,7 @@ def start_gateway(workdir: Path, port: int, bundle: Path, batch: int, wait_ms: f
 
 def run_gateway(broker: PrivateBroker, workdir: Path, bundle: Path, frames: list[bytes], batch: int,
                 wait_ms: float, threads: int) -> dict[str, Any]:
-    process, ready_s = start_gateway(workdir, broker.port, bundle, batch, wait_ms, threads)
+    process, ready_s = start_gateway(workdir, broker.port, bundle, batch, wait_ms, threads, len(frames))
     done = threading.Event()
     received: dict[str, tuple[float, float]] = {}  # frame_id → (arrival time, gateway latency_ms)
 

@@ -21,6 +21,9 @@ Exact rewrites (up to float rounding):
    swapped; a stride-2 2×2 one (no overlap between output tiles) is a 1×1 convolution to four
    times the channels followed by a pixel shuffle. On a CPU both run on faster kernels than the
    transposed ones (docs/performance.md).
+7. **Single-slope PReLUs as in-place leaky ReLUs** (members run one by one): the same function
+   (x if x > 0 else a·x, with a read once at load), without PReLU's broadcast over a weight
+   tensor and without allocating an output.
 
 `FastEnsemble(bundle)` exposes the same `outputs` as the bundle; `Bundle.predict` uses it when
 `bundle.accelerate()` has been called.
@@ -147,6 +150,19 @@ def untranspose(conv: nn.ConvTranspose2d) -> nn.Module | None:
     return None
 
 
+def prelus_as_leaky_relus(module: nn.Module) -> nn.Module:
+    """Replace every single-slope PReLU by an in-place LeakyReLU with its slope, in place.
+
+    In place is safe here: in the Defed network every PReLU reads a convolution's fresh output.
+    """
+    for name, child in list(module.named_modules()):
+        if isinstance(child, nn.PReLU) and child.num_parameters == 1:
+            parent_name, _, attr = name.rpartition(".")
+            slope = float(child.weight.detach())
+            setattr(module.get_submodule(parent_name) if parent_name else module, attr, nn.LeakyReLU(slope, True))
+    return module
+
+
 def untranspose_all(module: nn.Module) -> nn.Module:
     """Replace every transposed convolution that has an ordinary form by it, in place."""
     for name, child in list(module.named_modules()):
@@ -265,7 +281,10 @@ class FastEnsemble(nn.Module):
         members = (
             []
             if group_members
-            else [untranspose_all(prepare_filters(fold_all_batchnorms(copy.deepcopy(d)))) for d in denoisers]
+            else [
+                prelus_as_leaky_relus(untranspose_all(prepare_filters(fold_all_batchnorms(copy.deepcopy(d)))))
+                for d in denoisers
+            ]
         )
         if input_shape is not None:
             members = [collapse_skip1(d, input_shape) for d in members]

@@ -82,6 +82,9 @@ class OnnxEnsemble:
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3  # warnings about unused initialisers are noise here
+        # Idle worker threads sleep instead of spinning between batches: on a small hub the
+        # gateway's MQTT, decoding and audit threads need those cores while the model waits.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session: Any = ort.InferenceSession(
             export_graph(ensemble, input_shape), options, providers=["CPUExecutionProvider"]
         )
