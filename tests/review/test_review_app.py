@@ -40,7 +40,6 @@ from gateway.review.views import BundleShelf, EventViewer, usable
 
 HOSTILE_DEVICE = "<script>alert('x')</script>"
 INJECTION = "cam-01' OR '1'='1"
-NOW = datetime.now(UTC)
 
 
 def basic(user: str, password: str) -> str:
@@ -177,6 +176,7 @@ class Log:
     bundle_path: Path
     ids: dict[str, int]  # frame_id → audit id
     frames: dict[str, np.ndarray]  # frame_id → the digit as sent
+    now: datetime  # when the events were written: their times are minutes before it
 
 
 def record(bundle: Bundle, device: str, frame: str, digit: np.ndarray, at: datetime, version: str) -> QuarantineRecord:
@@ -194,16 +194,19 @@ def log(tmp_path_factory: pytest.TempPathFactory) -> Log:
     bundle = untrained_bundle(bundle_path)
     digits = attacked(mnist_digits(7))
     plan = [("cam-01", 0), ("cam-01", 10), ("cam-01", 20), ("cam-02", 30), (HOSTILE_DEVICE, 40), (INJECTION, 50)]
-    records = [record(bundle, device, f"f{i}", digits[i], NOW - timedelta(minutes=m), bundle.version)
+    # Times relative to the fixture's own clock (not the import's): `since=15m` must not depend on
+    # how long the rest of a suite ran before this module.
+    now = datetime.now(UTC)
+    records = [record(bundle, device, f"f{i}", digits[i], now - timedelta(minutes=m), bundle.version)
                for i, (device, m) in enumerate(plan)]
-    records.append(record(bundle, "cam-03", "f6", digits[6], NOW - timedelta(days=2), "9.9.9"))
+    records.append(record(bundle, "cam-03", "f6", digits[6], now - timedelta(days=2), "9.9.9"))
     db = root / "audit.sqlite3"
     audit = AuditLog(f"sqlite:///{db}")
     audit.prepare()
     ids = audit.record(records)
     audit.close()
     return Log(db, bundle, bundle_path, {frame: i for (_, frame), i in ids.items()},
-               {f"f{i}": digits[i] for i in range(7)})
+               {f"f{i}": digits[i] for i in range(7)}, now)
 
 
 @pytest.fixture(scope="module")
@@ -290,7 +293,7 @@ class TestRoutes:
         assert ids("device=cam-01") == [log.ids["f0"], log.ids["f1"], log.ids["f2"]]
         assert ids("device=cam") == []
         assert ids("since=15m") == [log.ids["f0"], log.ids["f1"]]
-        until = (NOW - timedelta(minutes=35)).isoformat()
+        until = (log.now - timedelta(minutes=35)).isoformat()
         assert client.get("/", params={"until": until, "format": "json"}).json()["total"] == 3
 
     @pytest.mark.parametrize(("query", "said"), [
