@@ -23,6 +23,7 @@ from gateway.commands import quarantine_output as output
 from gateway.errors import RuntimeFailure, UserError
 from gateway.frame_export import export_frame, sniff_format
 from gateway.queries import (
+    EventDetail,
     EventFilter,
     count_events,
     counts_by_device,
@@ -147,17 +148,23 @@ def list_command(
     output.show_events(events, total, as_json)
 
 
+def event_and_image(config_path: Path | None, db: str | None, event_id: int) -> tuple[EventDetail, bytes | None]:
+    """One event and its stored frame (None when images were not stored); an unknown id is an error."""
+    with audit_connection(config_path, db) as connection:
+        event = get_event(connection, event_id)
+        image = event_image(connection, event_id) if event is not None else None
+    if event is None:
+        raise UserError(f"no quarantine event with id {event_id}")
+    return event, image
+
+
 @quarantine.command("show")
 @click.argument("event_id", metavar="ID", type=int)
 @json_option
 @audit_options
 def show_command(event_id: int, as_json: bool, config_path: Path | None, db: str | None) -> None:
     """Every stored field of one event."""
-    with audit_connection(config_path, db) as connection:
-        event = get_event(connection, event_id)
-        image = event_image(connection, event_id) if event is not None else None
-    if event is None:
-        raise UserError(f"no quarantine event with id {event_id}")
+    event, image = event_and_image(config_path, db, event_id)
     output.show_event(event, None if image is None else sniff_format(image), as_json)
 
 
@@ -172,11 +179,7 @@ def show_command(event_id: int, as_json: bool, config_path: Path | None, db: str
 @audit_options
 def export_command(event_id: int, out: Path, config_path: Path | None, db: str | None) -> None:
     """Write one event's frame as an image file."""
-    with audit_connection(config_path, db) as connection:
-        event = get_event(connection, event_id)
-        image = event_image(connection, event_id) if event is not None else None
-    if event is None:
-        raise UserError(f"no quarantine event with id {event_id}")
+    event, image = event_and_image(config_path, db, event_id)
     if image is None:
         raise UserError(
             f"event {event_id} has no stored image (audit.store_images was off); its SHA-256 was {event.image_sha256}"

@@ -4,32 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import Tensor, nn
+from toy_networks import Brightness, Identity
 
 from defed_core.evaluation.adaptive import AdaptiveSpec, defence_aware_pgd, project
 from defed_core.evaluation.attacks import AttackSpec, attack_until, mnist_grid
 from defed_core.evaluation.detectors import DenoiserEnsemble
-
-
-class Brightness(nn.Module):
-    """Class 0 when the mean pixel is above 0.5, class 1 below."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.scale = nn.Parameter(torch.tensor(20.0))
-
-    def forward(self, x: Tensor) -> Tensor:
-        m = x.flatten(1).mean(dim=1) - 0.5
-        return torch.stack([self.scale * m, -self.scale * m], dim=1)  # (N, 2)
-
-
-class Identity(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.dummy = nn.Parameter(torch.zeros(()))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return x + 0 * self.dummy
 
 
 class TestSpecs:

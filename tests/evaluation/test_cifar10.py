@@ -12,6 +12,7 @@ import pytest
 import scipy.spatial.distance
 import torch
 from torch import Tensor, nn
+from toy_networks import Brightness, Identity
 
 from defed_core.bundle import Bundle
 from defed_core.classifiers import ClassifierConfig, build_classifier
@@ -41,27 +42,6 @@ from gateway.commands.evaluate import load_basenet
 REPO = Path(__file__).resolve().parents[2]
 JPEG = "JPEG-compressed (quality 75, 4:2:0)"
 ALL = ("fgsm", "pgd-linf", "pgd-l2", "square", "cw-l2", "deepfool", "jsma")
-
-
-class MeanColour(nn.Module):
-    """Class 0 when the mean value is above 0.5, class 1 below; any number of channels."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.scale = nn.Parameter(torch.tensor(20.0))
-
-    def forward(self, x: Tensor) -> Tensor:
-        m = x.flatten(1).mean(dim=1) - 0.5
-        return torch.stack([self.scale * m, -self.scale * m], dim=1)  # (N, 2)
-
-
-class Identity(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.dummy = nn.Parameter(torch.zeros(()))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return x + 0 * self.dummy
 
 
 class TestProfile:
@@ -120,7 +100,7 @@ class TestColourBaselines:
         assert smoothed.shape == noisy.shape and smoothed.std() < noisy.std()
 
     def test_feature_squeezing_cifar_setting_on_colour_images(self) -> None:
-        fs = FeatureSqueezing(MeanColour(), CIFAR10.squeezers)
+        fs = FeatureSqueezing(Brightness(), CIFAR10.squeezers)
         with torch.no_grad():
             ins = fs(torch.rand(4, 3, 32, 32))
         assert fs.names == ("bit-depth-5", "median-2x2", "non-local-means-13-3-2")
@@ -141,7 +121,7 @@ class TestColourBaselines:
                 return torch.ones_like(x) + 0 * self.dummy
 
         scores = MagNetScores("l1", (10.0, 40.0))
-        f = MeanColour()
+        f = Brightness()
         with torch.no_grad():
             ins = MagNetDetector(f, Bright(), scores)(x)
             logits, healed = f(x), f(torch.ones_like(x))
@@ -171,7 +151,7 @@ class TestColourBaselines:
 
 class TestAdaptiveOnColour:
     def test_relative_penalty_evades_within_a_grey_level_budget(self) -> None:
-        f, members = MeanColour(), [Identity(), Identity()]
+        f, members = Brightness(), [Identity(), Identity()]
         x, y = torch.full((3, 3, 8, 8), 0.52), torch.zeros(3, dtype=torch.long)
         spec = CIFAR10.adaptive_specs(steps=30)[2]  # L∞ 8/255
         assert spec.label == "adaptive-pgd-linf ε=8/255" and spec.penalty == "relative"
