@@ -22,7 +22,6 @@ import torch
 from defed_core import Bundle
 from defed_core.bundle import resolve_bundle_path
 from defed_core.data import load_sample
-from defed_core.onnx_backend import onnxruntime_available
 
 
 def timings(bundle: Bundle, batch: torch.Tensor, seconds: float) -> list[float]:
@@ -77,7 +76,7 @@ def markdown(table: list[dict[str, float]], paths: list[str]) -> str:
 
 def load_paths(path: str, device: str) -> dict[str, Bundle]:
     bundles = {"plain": Bundle.load(path, device, fast=False), "fast-torch": Bundle.load(path, device, backend="torch")}
-    if torch.device(bundles["plain"].device).type == "cpu" and onnxruntime_available():
+    if torch.device(bundles["plain"].device).type == "cpu":
         bundles["fast-onnx"] = Bundle.load(path, device, backend="onnxruntime")
     return bundles
 

@@ -25,24 +25,30 @@ from defed_core.denoiser import Denoiser, DenoiserConfig
 from defed_core.device import select_device
 from defed_core.ensemble import Decision, MemberOutputs, decide, member_scores, run_members
 from defed_core.fast import FastEnsemble
-from defed_core.onnx_backend import OnnxEnsemble, onnxruntime_available
+from defed_core.onnx_backend import OnnxEnsemble, cached_graph, export_graph, graph_key, onnxruntime_available
 
 FORMAT_VERSION = 1
 DEFAULT_BUNDLES = "bundles"
 
 
-Backend = Literal["torch", "onnxruntime"]
+Backend = Literal["auto", "torch", "onnxruntime"]
 Precision = Literal["fp32", "fp16", "bf16"]
 AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 
-def use_onnxruntime(backend: Backend, device: torch.device) -> bool:
-    """Whether the fast path runs on ONNX Runtime (see `Bundle.load`)."""
+def use_onnxruntime(backend: Backend, device: torch.device, precision: Precision = "fp32") -> bool:
+    """Whether the fast path runs on ONNX Runtime (see `Bundle.load`).
+
+    `auto` takes ONNX Runtime on a CPU in float32 (the fastest path there, docs/performance.md)
+    and torch everywhere else: on CUDA, and for half precision, which runs under torch's autocast.
+    """
+    if backend == "auto":
+        return device.type == "cpu" and precision == "fp32" and onnxruntime_available()
     if backend == "onnxruntime":
         if device.type != "cpu":
             raise BundleError(f"the onnxruntime backend runs on the CPU only, not on {device}")
         if not onnxruntime_available():
-            raise BundleError("the onnxruntime backend needs the onnx extra: pip install 'defed-gateway[onnx]'")
+            raise BundleError("the onnxruntime backend needs onnxruntime and onnx: pip install onnxruntime onnx")
         return True
     return False
 
@@ -123,6 +129,7 @@ class Bundle:
         fast: bool = False,
         backend: Backend = "torch",
         precision: Precision = "fp32",
+        cache_dir: Path | None = None,
     ) -> None:
         if len(denoisers) != len(spec.members) or len(spec.calibration.thresholds) != len(spec.members):
             raise BundleError("members, denoisers and thresholds differ in number")
@@ -136,16 +143,26 @@ class Bundle:
         self.fast: FastEnsemble | OnnxEnsemble | None = None
         self.backend: str = "torch"
         self.precision: Precision = precision
-        if precision != "fp32" and (not fast or use_onnxruntime(backend, self.device)):
+        self.cache_dir = cache_dir
+        if precision != "fp32" and (not fast or use_onnxruntime(backend, self.device, precision)):
             raise BundleError(f"precision {precision} needs the torch fast path (backend torch, fast=True)")
-        if fast:
-            ensemble = FastEnsemble(
-                self.classifier, self.denoisers, group_members=self.device.type == "cuda", input_shape=spec.input_shape
-            ).to(self.device)
-            self.fast = ensemble
-            if use_onnxruntime(backend, self.device):
-                self.fast = OnnxEnsemble(ensemble, spec.input_shape, torch.get_num_threads())
-                self.backend = "onnxruntime"
+        if fast and use_onnxruntime(backend, self.device, precision):
+            graph = cached_graph(
+                graph_key([self.classifier, *self.denoisers], spec.input_shape),
+                cache_dir,
+                spec.name,
+                lambda: export_graph(self.fast_ensemble(), spec.input_shape),
+            )
+            self.fast = OnnxEnsemble(graph, torch.get_num_threads())
+            self.backend = "onnxruntime"
+        elif fast:
+            self.fast = self.fast_ensemble()
+
+    def fast_ensemble(self) -> FastEnsemble:
+        """The torch fast path for this bundle's networks on its device."""
+        return FastEnsemble(
+            self.classifier, self.denoisers, group_members=self.device.type == "cuda", input_shape=self.spec.input_shape
+        ).to(self.device)
 
     # --- metadata ----------------------------------------------------------------------
 
@@ -223,6 +240,7 @@ class Bundle:
             fast=self.fast is not None,
             backend=self.backend,  # type: ignore[arg-type]
             precision=self.precision,
+            cache_dir=self.cache_dir,
         )
 
     # --- files -------------------------------------------------------------------------
@@ -270,13 +288,15 @@ class Bundle:
         fast: bool = True,
         backend: Backend = "torch",
         precision: Precision = "fp32",
+        cache_dir: str | Path | None = None,
     ) -> Bundle:
         """Load and verify a bundle directory; `fast=False` runs the plain modules instead.
 
-        `backend` chooses the fast path's engine: `torch`, or `onnxruntime` (CPU only, the
-        `onnx` extra; it did not beat torch on the development CPU, docs/performance.md). `precision` fp16/bf16
-        runs the torch fast path's networks under autocast (meant for GPUs; docs/performance.md
-        gives its measured effect on scores).
+        `backend` chooses the fast path's engine: `torch`, `onnxruntime` (CPU only; the fastest
+        on the development CPU, docs/performance.md) or `auto` (ONNX Runtime on a CPU in fp32,
+        torch elsewhere). `cache_dir` keeps ONNX Runtime's exported graph between loads.
+        `precision` fp16/bf16 runs the torch fast path's networks under autocast (meant for
+        GPUs; docs/performance.md gives its measured effect on scores).
         """
         root = Path(path)
         meta_path = root / "bundle.json"
@@ -309,7 +329,16 @@ class Bundle:
             d = Denoiser(member.config)
             d.load_state_dict(read_weights(root, entry))
             denoisers.append(d)
-        return cls(spec, classifier, denoisers, select_device(device), fast=fast, backend=backend, precision=precision)
+        return cls(
+            spec,
+            classifier,
+            denoisers,
+            select_device(device),
+            fast=fast,
+            backend=backend,
+            precision=precision,
+            cache_dir=None if cache_dir is None else Path(cache_dir),
+        )
 
     @classmethod
     def load_default(
@@ -319,9 +348,10 @@ class Bundle:
         fast: bool = True,
         backend: Backend = "torch",
         precision: Precision = "fp32",
+        cache_dir: str | Path | None = None,
     ) -> Bundle:
         """A bundle shipped inside the package, by name."""
-        return cls.load(default_bundle_path(name), device, fast, backend, precision)
+        return cls.load(default_bundle_path(name), device, fast, backend, precision, cache_dir)
 
 
 def shipped_bundles() -> list[str]:

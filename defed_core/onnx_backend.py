@@ -1,21 +1,27 @@
-"""ONNX Runtime as an optional engine for the fast path on a CPU (`model.backend = "onnxruntime"`).
+"""ONNX Runtime as the fast path's engine on a CPU (`backend = "onnxruntime"`, or `"auto"` on a CPU).
 
-The folded networks of a `FastEnsemble` (classifier and K members) are exported once, at load,
-into one ONNX graph with a dynamic batch axis, and run by ONNX Runtime's CPU provider. The graph
-computes exactly what the torch fast path computes; scores and decisions stay in torch (they are
-cheap and shared by every backend). Measured side by side on the development CPU
-(docs/performance.md) it was slightly faster than the torch fast path at batch 1 and slower from
-batch 8 up, so torch is the default and this engine is an option (the `onnx` extra) for CPUs
-where it measures better.
+The folded networks of a `FastEnsemble` (classifier and K members) are exported into one ONNX
+graph with a dynamic batch axis and run by ONNX Runtime's CPU provider. The graph computes
+exactly what the torch fast path computes; scores and decisions stay in torch (they are cheap
+and shared by every backend). On the development CPU it is the fastest path at every batch size
+(docs/performance.md): it fuses each convolution with its activation, and `session.run` holds
+no Python lock while it works, so a gateway's network and publisher threads run beside it.
 
-Export takes well under a second per bundle and needs no file: the graph is built in memory, so
-a hub restarting the service pays it once per start-up, and nothing can go stale.
+The export takes a second or two (a TorchScript trace of the whole ensemble), which a hub pays
+at every service start. With a `cache_dir` the graph is kept on disk under a key made of
+everything it is computed from — the weights, the network code and the torch version — so a
+restart reads it back in milliseconds and a changed bundle or upgrade can never meet a stale one.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
+import logging
+import os
 import warnings
+from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -27,7 +33,13 @@ from defed_core.ensemble import MemberOutputs
 if TYPE_CHECKING:
     from defed_core.fast import FastEnsemble
 
+log = logging.getLogger(__name__)
+
 OUTPUTS = ("logits", "denoised", "denoised_logits")
+OPSET = 17
+# The modules whose code decides what the exported graph computes: a change to any of them
+# changes the cache key.
+GRAPH_SOURCES = ("fast.py", "denoiser.py", "classifiers.py", "filters.py", "onnx_backend.py")
 
 
 def onnxruntime_available() -> bool:
@@ -66,15 +78,61 @@ def export_graph(ensemble: FastEnsemble, input_shape: tuple[int, int, int]) -> b
             input_names=["x"],
             output_names=list(OUTPUTS),
             dynamic_axes={"x": {0: "n"}, "logits": {0: "n"}, "denoised": {1: "n"}, "denoised_logits": {1: "n"}},
-            opset_version=17,
+            opset_version=OPSET,
         )
     return buffer.getvalue()
+
+
+def graph_key(networks: Iterable[nn.Module], input_shape: tuple[int, int, int]) -> str:
+    """A digest of everything the exported graph is computed from."""
+    digest = hashlib.sha256()
+    digest.update(f"{torch.__version__} opset {OPSET} input {input_shape}\n".encode())
+    here = Path(__file__).parent
+    for name in GRAPH_SOURCES:
+        digest.update((here / name).read_bytes())
+    for network in networks:
+        digest.update(repr(network).encode())  # the architecture, layer by layer
+        for key, value in network.state_dict().items():
+            digest.update(key.encode())
+            digest.update(value.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def cached_graph(key: str, cache_dir: Path | None, name: str, build: Callable[[], bytes]) -> bytes:
+    """The graph for `key`: read from `cache_dir` when it is there, else built (and stored).
+
+    The cache only saves time: an unreadable or unwritable cache is logged and the graph built.
+    Older graphs of the same bundle name are removed when a new one is stored.
+    """
+    if cache_dir is None:
+        return build()
+    path = cache_dir / f"{name}-{key[:24]}.onnx"
+    try:
+        graph = path.read_bytes()
+        if graph:
+            return graph
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        log.warning("cannot read the cached ONNX graph %s (%s); exporting it again", path, exc)
+    graph = build()
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_bytes(graph)
+        os.replace(tmp, path)  # atomic: a crash mid-write leaves no half graph under the key
+        for old in cache_dir.glob(f"{name}-*.onnx"):
+            if old != path:
+                old.unlink(missing_ok=True)
+    except OSError as exc:
+        log.warning("cannot store the ONNX graph in %s (%s); the next start exports it again", cache_dir, exc)
+    return graph
 
 
 class OnnxEnsemble:
     """Callable like a FastEnsemble on CPU tensors: x (N, C, H, W) → MemberOutputs."""
 
-    def __init__(self, ensemble: FastEnsemble, input_shape: tuple[int, int, int], threads: int) -> None:
+    def __init__(self, graph: bytes, threads: int) -> None:
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -85,9 +143,7 @@ class OnnxEnsemble:
         # Idle worker threads sleep instead of spinning between batches: on a small hub the
         # gateway's MQTT, decoding and audit threads need those cores while the model waits.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session: Any = ort.InferenceSession(
-            export_graph(ensemble, input_shape), options, providers=["CPUExecutionProvider"]
-        )
+        self.session: Any = ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
 
     def __call__(self, x: Tensor) -> MemberOutputs:
         feed = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)

@@ -12,6 +12,7 @@ A frame's path, top to bottom:
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -39,11 +40,17 @@ log = structlog.get_logger("gateway.app")
 
 
 def load_bundle(
-    name_or_path: str, device: str, backend: Backend = "torch", precision: Precision = "fp32"
+    name_or_path: str,
+    device: str,
+    backend: Backend = "torch",
+    precision: Precision = "fp32",
+    cache_dir: Path | None = None,
 ) -> Bundle:
     """`model.bundle` is a directory holding bundle.json, or the name of a shipped bundle."""
     try:
-        return Bundle.load(resolve_bundle_path(name_or_path), device, backend=backend, precision=precision)
+        return Bundle.load(
+            resolve_bundle_path(name_or_path), device, backend=backend, precision=precision, cache_dir=cache_dir
+        )
     except (BundleError, RuntimeError, ValueError) as exc:
         raise UserError(f"model.bundle: cannot load {name_or_path!r}: {exc}") from None
 
@@ -75,7 +82,8 @@ class Gateway:
         self.notifier.status(f"loading the model {s.model.bundle}")
         if s.model.threads:
             torch.set_num_threads(s.model.threads)
-        self.bundle = load_bundle(s.model.bundle, s.model.device, s.model.backend, s.model.precision)
+        self.bundle = load_bundle(s.model.bundle, s.model.device, s.model.backend, s.model.precision,
+                                  s.model_cache_dir)
         warm_up(self.bundle, s.batching.max_batch)
         log.info("model ready", bundle=self.bundle.name, version=self.bundle.version,
                  device=str(self.bundle.device), backend=self.bundle.backend, input_shape=list(self.bundle.input_shape))

@@ -21,7 +21,7 @@ from gateway.review.listen import ListenError, parse_listen
 
 MqttProtocol = Literal["5", "3.1.1"]
 DeviceChoice = Literal["auto", "cpu", "cuda"]
-BackendChoice = Literal["torch", "onnxruntime"]
+BackendChoice = Literal["auto", "torch", "onnxruntime"]
 PrecisionChoice = Literal["fp32", "fp16", "bf16"]
 LogFormat = Literal["auto", "json", "console"]
 LogLevel = Literal["debug", "info", "warning", "error"]
@@ -36,6 +36,12 @@ def default_client_id() -> str:
 def default_state_dir() -> Path:
     # systemd's StateDirectory= exports the directory it created.
     return Path(os.environ.get("STATE_DIRECTORY", "/var/lib/defed").split(":")[0])
+
+
+def default_cache_dir(state_dir: Path) -> Path:
+    # systemd's CacheDirectory= exports the directory it created; elsewhere, beside the state.
+    cache = os.environ.get("CACHE_DIRECTORY")
+    return Path(cache.split(":")[0]) if cache else state_dir / "cache"
 
 
 class Group(BaseModel):
@@ -128,9 +134,11 @@ class BatchingSettings(Group):
 class ModelSettings(Group):
     bundle: str = "mnist"
     device: DeviceChoice = "auto"
-    backend: BackendChoice = "torch"
+    backend: BackendChoice = "auto"
     precision: PrecisionChoice = "fp32"
     threads: int = Field(0, ge=0, le=1024)
+    # Where ONNX Runtime's exported graph is kept between starts; unset: default_cache_dir.
+    cache_dir: Path | None = None
 
 
 class AuditSettings(Group):
@@ -226,6 +234,10 @@ class GatewaySettings(BaseSettings):
     @property
     def audit_url(self) -> str:
         return self.audit.url or f"sqlite:///{self.state_dir / 'audit.sqlite3'}"
+
+    @property
+    def model_cache_dir(self) -> Path:
+        return self.model.cache_dir or default_cache_dir(self.state_dir)
 
     @property
     def frame_topic(self) -> str:

@@ -12,7 +12,7 @@ from defed_core.data import load_sample, to_tensor
 from defed_core.denoiser import Denoiser, DenoiserConfig
 from defed_core.ensemble import run_members
 from defed_core.fast import AffineImageMap, FastEnsemble, PixelShuffleUp, fold_batchnorm, untranspose
-from defed_core.onnx_backend import OnnxEnsemble, onnxruntime_available
+from defed_core.onnx_backend import OnnxEnsemble
 from defed_core.testing import untrained_bundle
 
 
@@ -117,7 +117,6 @@ def test_affine_image_map_is_the_skip_stack() -> None:
     assert map_error <= max(10 * plain_error, 1e-5)  # float32 rounding, of the plain convolutions' order
 
 
-@pytest.mark.skipif(not onnxruntime_available(), reason="onnxruntime is not installed")
 def test_onnxruntime_backend_scores_match_plain_modules_on_benign_and_attacked_images() -> None:
     """The shipped bundle: ONNX Runtime fast path vs plain eager modules, max |Δscore| ≤ 1e-4."""
     onnx = Bundle.load_default("mnist", "cpu", backend="onnxruntime")
@@ -151,7 +150,5 @@ def test_half_precision_runs_the_torch_fast_path_and_keeps_float32_scores(bundle
 
 @pytest.mark.parametrize("options", [{"fast": False}, {"backend": "onnxruntime"}])
 def test_half_precision_needs_the_torch_fast_path(bundle_dir: Path, options: dict[str, object]) -> None:
-    if options.get("backend") == "onnxruntime" and not onnxruntime_available():
-        pytest.skip("onnxruntime is not installed")
     with pytest.raises(BundleError, match="precision fp16 needs the torch fast path"):
         Bundle.load(bundle_dir, "cpu", precision="fp16", **options)  # type: ignore[arg-type]

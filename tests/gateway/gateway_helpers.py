@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -97,6 +99,12 @@ def write_config(path: Path, settings: dict[str, Any]) -> Path:
     return path
 
 
+# One model cache for every gateway the suite starts, as on a hub across restarts: the test
+# bundles share their weights, so ONNX Runtime's graph is exported once, not at every start.
+MODEL_CACHE = Path(tempfile.mkdtemp(prefix="defed-test-model-cache-"))
+atexit.register(shutil.rmtree, MODEL_CACHE, True)
+
+
 def gateway_settings(state_dir: Path, port: int, bundle: Path, **overrides: Any) -> dict[str, Any]:
     """Settings for a test gateway; a dict override updates its group, anything else replaces."""
     settings: dict[str, Any] = {
@@ -104,7 +112,7 @@ def gateway_settings(state_dir: Path, port: int, bundle: Path, **overrides: Any)
         "mqtt": {"host": "127.0.0.1", "port": port, "client_id": f"gw-{uuid.uuid4().hex[:8]}",
                  "reconnect_min_s": 1, "reconnect_max_s": 2},
         "batching": {"max_batch": 16, "max_wait_ms": 20},
-        "model": {"bundle": bundle, "device": "cpu", "threads": 1},
+        "model": {"bundle": bundle, "device": "cpu", "threads": 1, "cache_dir": MODEL_CACHE},
         "metrics": {"listen": ""},
         "log": {"level": "info", "format": "json"},
     }

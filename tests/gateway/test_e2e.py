@@ -141,6 +141,30 @@ def hostile_payloads(digit: np.ndarray) -> dict[str, tuple[bytes, str]]:
     }
 
 
+class TestModelEngine:
+    def test_onnxruntime_on_a_cpu_by_default_and_its_graph_is_read_back_on_restart(
+            self, broker: PrivateBroker, listener: ResultListener, bundles: dict[str, Path],
+            digits: np.ndarray, tmp_path: Path) -> None:
+        """`model.backend = auto` runs ONNX Runtime here; the second start reads the exported graph."""
+        cache = tmp_path / "model-cache"
+        settings = gateway_settings(tmp_path / "state", broker.port, bundles["some"], model={"cache_dir": cache})
+        camera = Camera(broker.port)
+        stored_at = 0
+        for start in range(2):
+            with running_gateway(settings, tmp_path) as gateway:
+                ready = [e for e in gateway.log_events() if e["event"] == "model ready"]
+                assert ready and ready[-1]["backend"] == "onnxruntime", gateway.log()
+                (graph,) = cache.glob("*.onnx")
+                if start == 0:
+                    stored_at = graph.stat().st_mtime_ns
+                else:
+                    assert graph.stat().st_mtime_ns == stored_at  # read, not exported and written again
+                camera.send("cam1", png(digits[start]), frame_id=f"start-{start}")
+                assert listener.wait_for_frames({("cam1", f"start-{start}")}, 30), gateway.log()
+                gateway.signal(signal.SIGTERM)
+                assert gateway.wait() == 0
+
+
 class TestHostileFrames:
     def test_each_is_answered_and_the_daemon_keeps_serving(
             self, broker: PrivateBroker, listener: ResultListener, bundles: dict[str, Path],

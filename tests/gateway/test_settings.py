@@ -33,6 +33,17 @@ class TestSettings:
         """Without a URL the audit log is a SQLite file in the state directory."""
         assert GatewaySettings(state_dir=tmp_path).audit_url == f"sqlite:///{tmp_path}/audit.sqlite3"
 
+    def test_model_cache_defaults_to_systemd_cache_directory_else_state_dir(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """ONNX Runtime's graph goes to $CACHE_DIRECTORY under systemd, else state_dir/cache."""
+        monkeypatch.delenv("CACHE_DIRECTORY", raising=False)
+        assert GatewaySettings(state_dir=tmp_path).model_cache_dir == tmp_path / "cache"
+        monkeypatch.setenv("CACHE_DIRECTORY", "/var/cache/defed")
+        assert GatewaySettings(state_dir=tmp_path).model_cache_dir == Path("/var/cache/defed")
+        chosen = GatewaySettings(state_dir=tmp_path, model={"cache_dir": tmp_path / "m"})  # type: ignore[arg-type]
+        assert chosen.model_cache_dir == tmp_path / "m"
+
     def test_shared_group_prefixes_the_subscription(self) -> None:
         """A shared group subscribes to $share/{group}/{filter}."""
         settings = GatewaySettings(mqtt={"shared_group": "fleet"})  # type: ignore[arg-type]
@@ -44,6 +55,7 @@ class TestSettings:
         ("[mqtt]\ninput_topic = 'cameras/#'\n", "mqtt.input_topic"),
         ("[batching]\nmax_batch = 0\n", "batching.max_batch"),
         ("[model]\ndevice = 'tpu'\n", "model.device"),
+        ("[model]\nbackend = 'tensorrt'\n", "model.backend"),
         ("[log]\nformat = 'xml'\n", "log.format"),
         ("[review]\nlisten = '8088'\n", "review.listen"),
         ("[review]\npage_size = 0\n", "review.page_size"),
