@@ -69,6 +69,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, help="denoiser epochs (default: the preset's)")
     ap.add_argument("--images-per-epoch", type=int, help="denoiser images per epoch (default: the preset's)")
     ap.add_argument("--alpha", type=float, help="the CE weight of the denoisers' training loss (default: the preset's)")
+    ap.add_argument("--edge", choices=["laplacian", "sobel"], help="the members' edge operator (default: the preset's)")
     ap.add_argument("--attacked", type=int, default=600)
     args = ap.parse_args()
     out = Path(args.out)
@@ -97,7 +98,7 @@ def main() -> None:
             (
                 sigma,
                 train_denoiser(
-                    DenoiserConfig(preset.input_shape[0], preset.edge, preset.architecture),
+                    DenoiserConfig(preset.input_shape[0], args.edge or preset.edge, preset.architecture),
                     training,
                     classifier,
                     validation.train,
