@@ -27,7 +27,7 @@ from defed_core.data import load_sample
 def timings(bundle: Bundle, batch: torch.Tensor, seconds: float) -> list[float]:
     """Seconds per `bundle.predict` call on `batch`, for about `seconds` (at least 3 calls)."""
     bundle.predict(batch)  # warm: oneDNN builds its kernels for a new shape on the first call
-    times = []
+    times: list[float] = []
     deadline = time.perf_counter() + seconds
     while time.perf_counter() < deadline or len(times) < 3:
         start = time.perf_counter()

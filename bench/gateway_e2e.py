@@ -65,7 +65,8 @@ def resolve_bundle(name: str, workdir: Path) -> Path:
 
 def offline_fps(bundle: Bundle, frames: list[bytes], batch: int) -> float:
     """bundle.predict alone on the decoded frames, batch by batch."""
-    pixels = np.stack([cv2.imdecode(np.frombuffer(f, np.uint8), cv2.IMREAD_GRAYSCALE) for f in frames])[..., None]
+    decoded = [cv2.imdecode(np.frombuffer(f, np.uint8), cv2.IMREAD_GRAYSCALE) for f in frames]
+    pixels = np.stack([d for d in decoded if d is not None])[..., None]
     x = torch.from_numpy(pixels)  # (N, H, W, 1) uint8
     bundle.predict(x[:batch])  # warm-up
     start = time.perf_counter()
@@ -191,7 +192,7 @@ def run_gateway(broker: PrivateBroker, workdir: Path, bundle: Path, frames: list
     time.sleep(0.5)  # let the listener's subscription settle
     messages = []  # built before the clock starts: a camera's encoding is not the gateway's work
     for i, payload in enumerate(frames):
-        props = Properties(PacketTypes.PUBLISH)
+        props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]  # paho leaves it unannotated
         props.UserProperty = [("frame_id", f"b{batch}-{i}")]
         messages.append((f"cameras/cam{i % 8}/frames", payload, props, f"b{batch}-{i}"))
     sent_at: dict[str, float] = {}

@@ -35,7 +35,7 @@ def main() -> None:
     print("| precision | images | max abs Δscore | max rel Δscore | flag agreement | label agreement |")
     print("|---|---|---|---|---|---|")
     for precision in ("bf16", "fp16"):
-        half = Bundle.load(path, "cpu", backend="torch", precision=precision)  # type: ignore[arg-type]
+        half = Bundle.load(path, "cpu", backend="torch", precision=precision)
         for name, data in ((f"{len(x)} benign", x), (f"{len(adversarial)} PGD-L2 ε={eps:g}", adversarial)):
             ref, got = reference.predict(data), half.predict(data)
             delta = (got.scores - ref.scores).abs()

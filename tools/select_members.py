@@ -21,6 +21,7 @@ import itertools
 import json
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -134,7 +135,7 @@ def main() -> None:
     # The two terms of every member's score, kept apart so that alpha can be chosen afterwards.
     terms = {name: score_terms(bundle, x) for name, x in sets.items()}  # name → (CE, MSE), each (N, S)
 
-    rows = []
+    rows: list[dict[str, Any]] = []
     for alpha in ALPHAS:
         scores = {name: alpha * ce + mse for name, (ce, mse) in terms.items()}
         for k in (1, 2, 3):
