@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import MalformedPacket
 from prometheus_client import CollectorRegistry, generate_latest
 
-from gateway.mqtt import BrokerLink, PublishTracker, device_of
+from gateway.mqtt import BrokerLink, PublishTracker, device_of, read_utf_accepting_bom
 from gateway.settings import MqttSettings
 from gateway.stats import GatewayStats, StatsCollector
 
@@ -61,3 +64,39 @@ class TestBrokerLink:
     def test_device_id_is_the_wildcard_level(self) -> None:
         """The device id is the topic level matched by the filter's '+'."""
         assert device_of("site/7/cam-3/frames", 2) == "cam-3"
+
+
+def utf8_string(text: str) -> bytes:
+    """An MQTT length-prefixed string; surrogates passed through so that they can be sent at all."""
+    data = text.encode("utf-8", "surrogatepass")
+    return len(data).to_bytes(2, "big") + data
+
+
+class TestPropertyStrings:
+    def test_a_byte_order_mark_is_accepted(self) -> None:
+        """U+FEFF is legal MQTT 5 UTF-8 ([MQTT-1.5.4-3]); paho's own reader would drop the connection."""
+        assert read_utf_accepting_bom(utf8_string("\ufeffcam-1") + b"rest", 20) == ("\ufeffcam-1", 10)
+
+    @pytest.mark.parametrize("text", ["frame\0id", "\0"])
+    def test_nul_is_refused(self, text: str) -> None:
+        with pytest.raises(MalformedPacket, match="surrogate or NUL"):
+            read_utf_accepting_bom(utf8_string(text), 20)
+
+    def test_a_surrogate_is_refused(self) -> None:
+        with pytest.raises((MalformedPacket, UnicodeDecodeError)):
+            read_utf_accepting_bom(utf8_string("a\ud800b"), 20)
+
+    @pytest.mark.parametrize("buffer", [b"\x00", b"\x00\x09short"])
+    def test_a_short_buffer_is_refused(self, buffer: bytes) -> None:
+        with pytest.raises(MalformedPacket):
+            read_utf_accepting_bom(buffer, len(buffer))
+
+    def test_paho_reads_user_properties_through_it(self) -> None:
+        """The replacement is installed: a user property with a BOM unpacks instead of raising."""
+        from paho.mqtt.properties import Properties
+
+        props = Properties(PacketTypes.PUBLISH)
+        props.UserProperty = [("frame_id", "\ufeff42")]
+        unpacked = Properties(PacketTypes.PUBLISH)
+        unpacked.unpack(props.pack())
+        assert unpacked.UserProperty == [("frame_id", "\ufeff42")]
