@@ -162,12 +162,15 @@ class ResultPublisher:
         self.send(d, kind, event)
         self.stats.count("quarantined" if verdict.adversarial else "labelled", device=d.device_id)
         self.stats.latency(latency_ms)
-        frame_log = log.bind(device_id=d.device_id, frame_id=frame.frame_id)
         if verdict.adversarial:
-            frame_log.info("frame quarantined", label=verdict.label, original_label=verdict.original_label,
-                           flagged_by=verdict.flagged_by, audit_id=audit_id, latency_ms=round(latency_ms, 3))
+            log.info("frame quarantined", device_id=d.device_id, frame_id=frame.frame_id, label=verdict.label,
+                     original_label=verdict.original_label, flagged_by=verdict.flagged_by, audit_id=audit_id,
+                     latency_ms=round(latency_ms, 3))
         else:
-            frame_log.debug("frame labelled", label=verdict.label, latency_ms=round(latency_ms, 3))
+            # No bound logger per frame: at the default level this line is filtered out, and a
+            # bind would still be built for every benign frame.
+            log.debug("frame labelled", device_id=d.device_id, frame_id=frame.frame_id, label=verdict.label,
+                      latency_ms=round(latency_ms, 3))
 
     def publish_error(self, rejection: Rejection) -> None:
         d = rejection.delivery
