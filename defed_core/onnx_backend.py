@@ -19,6 +19,7 @@ import hashlib
 import io
 import logging
 import os
+import re
 import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -106,7 +107,10 @@ def cached_graph(key: str, cache_dir: Path | None, name: str, build: Callable[[]
     """
     if cache_dir is None:
         return build()
-    path = cache_dir / f"{name}-{key[:24]}.onnx"
+    # The bundle's name comes from its bundle.json: only its plain characters reach a file name
+    # (no separators, no glob patterns for the clean-up below).
+    stem = re.sub(r"[^A-Za-z0-9_-]", "_", name)[:64] or "bundle"
+    path = cache_dir / f"{stem}-{key[:24]}.onnx"
     try:
         graph = path.read_bytes()
         if graph:
@@ -121,7 +125,7 @@ def cached_graph(key: str, cache_dir: Path | None, name: str, build: Callable[[]
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
         tmp.write_bytes(graph)
         os.replace(tmp, path)  # atomic: a crash mid-write leaves no half graph under the key
-        for old in cache_dir.glob(f"{name}-*.onnx"):
+        for old in cache_dir.glob(f"{stem}-*.onnx"):
             if old != path:
                 old.unlink(missing_ok=True)
     except OSError as exc:

@@ -102,3 +102,15 @@ def test_without_a_cache_directory_every_load_exports(tmp_path: Path) -> None:
     assert cached_graph("0" * 64, None, "mnist", build) == b"graph"
     assert cached_graph("0" * 64, None, "mnist", build) == b"graph"
     assert len(calls) == 2 and not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("name", ["../../escape", "a/b", "*", "..", ""])
+def test_a_bundle_name_cannot_steer_the_cache_path(tmp_path: Path, name: str) -> None:
+    cache = tmp_path / "deep" / "cache"
+    neighbour = cache / f"mnist-{'1' * 24}.onnx"  # another bundle's graph, which "*" must not remove
+    neighbour.parent.mkdir(parents=True)
+    neighbour.write_bytes(b"other")
+    assert cached_graph("0" * 64, cache, name, lambda: b"graph") == b"graph"
+    written = [p for p in tmp_path.rglob("*.onnx") if p != neighbour]
+    assert len(written) == 1 and written[0].parent == cache
+    assert neighbour.read_bytes() == b"other"
