@@ -63,16 +63,36 @@ def resolve_bundle(name: str, workdir: Path) -> Path:
     return default_bundle_path(name)
 
 
-def offline_fps(bundle: Bundle, frames: list[bytes], batch: int) -> float:
-    """bundle.predict alone on the decoded frames, batch by batch."""
+def offline_fps(bundle: Bundle, frames: list[bytes], batch: int) -> tuple[float, float]:
+    """bundle.predict alone on the decoded frames, batch by batch: frames/s and CPU seconds."""
     decoded = [cv2.imdecode(np.frombuffer(f, np.uint8), cv2.IMREAD_GRAYSCALE) for f in frames]
     pixels = np.stack([d for d in decoded if d is not None])[..., None]
     x = torch.from_numpy(pixels)  # (N, H, W, 1) uint8
     bundle.predict(x[:batch])  # warm-up
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     for i in range(0, len(x), batch):
         bundle.predict(x[i:i + batch])
-    return len(x) / (time.perf_counter() - start)
+    return len(x) / (time.perf_counter() - start), time.process_time() - cpu_start
+
+
+def cpu_budget(frames: int, offline: tuple[float, float], gateway: dict[str, Any]) -> dict[str, float]:
+    """Where a frame's CPU time goes, and the ratio to offline that it allows on this machine.
+
+    The model's share is its CPU time offline; everything else the gateway spends, and the
+    broker's and the cameras' work, comes on top. With N cores, T frames/s cost T·(model + rest)
+    core-seconds per second ≤ N, so gateway ÷ offline ≤ N / ((model + rest) · offline frames/s).
+    """
+    offline_fps_, offline_cpu = offline
+    cpu = gateway["cpu_seconds"]
+    model = offline_cpu / frames
+    beyond_model = max(0.0, cpu["gateway"] / frames - model)
+    rest = beyond_model + (cpu["broker"] + cpu["load_generator"]) / frames
+    return {
+        "model_ms_per_frame": round(1000 * model, 3),
+        "gateway_beyond_model_ms_per_frame": round(1000 * beyond_model, 3),
+        "broker_and_cameras_ms_per_frame": round(1000 * (cpu["broker"] + cpu["load_generator"]) / frames, 3),
+        "ratio_bound": round((os.cpu_count() or 1) / ((model + rest) * offline_fps_), 3),
+    }
 
 
 def measure(broker: PrivateBroker, workdir: Path, bundle_path: Path, frames: list[bytes], batch: int,
@@ -90,16 +110,17 @@ def measure(broker: PrivateBroker, workdir: Path, bundle_path: Path, frames: lis
         offline = offline_fps(offline_bundle, frames, batch)
         gateway = run_gateway(broker, workdir, bundle_path, frames, batch, 10.0, threads, backend)
         results.append((offline, gateway))
-    ratios = [g["fps"] / o for o, g in results]
+    ratios = [g["fps"] / o[0] for o, g in results]
     middle = sorted(range(rounds), key=lambda i: ratios[i])[rounds // 2]  # the median round, reported whole
     offline, gateway = results[middle]
     report: dict[str, Any] = {
         "backend": offline_bundle.backend, "batch": batch, "frames": len(frames), "threads": threads,
         # Round 1's start-up exports ONNX Runtime's graph into the state directory's cache; the
         # later rounds' read it back, as a restarted service does.
-        "rounds": [{"offline_fps": round(o, 1), "gateway_fps": g["fps"], "ratio": round(g["fps"] / o, 3),
+        "rounds": [{"offline_fps": round(o[0], 1), "gateway_fps": g["fps"], "ratio": round(g["fps"] / o[0], 3),
                     "startup_to_ready_s": g["startup_to_ready_s"]} for o, g in results],
-        "offline_fps": round(offline, 1), "gateway": gateway, "ratio_vs_offline": round(ratios[middle], 3),
+        "offline_fps": round(offline[0], 1), "gateway": gateway, "ratio_vs_offline": round(ratios[middle], 3),
+        "cpu_budget": cpu_budget(len(frames), offline, gateway),
     }
     if per_frame:
         single = run_gateway(broker, workdir, bundle_path, frames, 1, 10.0, threads, backend)

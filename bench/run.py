@@ -56,6 +56,7 @@ def gateway_section(report: dict[str, Any]) -> str:
             f"| {c['p50']} / {c['p95']} / {c['p99']} | {run['startup_to_ready_s']} | {run['peak_rss_mb']} |"
         )
     cpu = report["gateway"]["cpu_seconds"]
+    budget = report["cpu_budget"]
     rounds = ", ".join(f"{r['gateway_fps']} ÷ {r['offline_fps']} = {r['ratio']:.2f}" for r in report["rounds"])
     startups = " / ".join(str(r["startup_to_ready_s"]) for r in report["rounds"])
     lines += [
@@ -64,7 +65,11 @@ def gateway_section(report: dict[str, Any]) -> str:
         f"gateway ÷ gateway at `max_batch` = 1 = **{report['ratio_vs_max_batch_1']:.2f}**.",
         "",
         f"CPU seconds during the median round's flood of {cpu['wall']} s: gateway {cpu['gateway']}, "
-        f"broker {cpu['broker']}, cameras and listener {cpu['load_generator']}.",
+        f"broker {cpu['broker']}, cameras and listener {cpu['load_generator']}. Per frame: the model "
+        f"{budget['model_ms_per_frame']} ms (its CPU time offline), the gateway beyond the model "
+        f"{budget['gateway_beyond_model_ms_per_frame']} ms, broker and cameras "
+        f"{budget['broker_and_cameras_ms_per_frame']} ms; on {os.cpu_count()} cores that allows a gateway ÷ offline "
+        f"of at most **{budget['ratio_bound']:.2f}**.",
         "",
         f"Start-up to READY by round: {startups} s (the first start exports the model's graph, the later ones "
         "read it from the cache, as a restarted service does).",
