@@ -25,7 +25,7 @@ from defed_core.denoiser import Denoiser, DenoiserConfig
 from defed_core.device import select_device
 from defed_core.ensemble import Decision, MemberOutputs, decide, member_scores, run_members
 from defed_core.fast import FastEnsemble
-from defed_core.onnx_backend import OnnxEnsemble, cached_graph, export_graph, graph_key, onnxruntime_available
+from defed_core.onnx_backend import OnnxEnsemble, cached_ensemble, export_graph, graph_key, onnxruntime_available
 
 FORMAT_VERSION = 1
 DEFAULT_BUNDLES = "bundles"
@@ -147,13 +147,13 @@ class Bundle:
         if precision != "fp32" and (not fast or use_onnxruntime(backend, self.device, precision)):
             raise BundleError(f"precision {precision} needs the torch fast path (backend torch, fast=True)")
         if fast and use_onnxruntime(backend, self.device, precision):
-            graph = cached_graph(
+            self.fast = cached_ensemble(
                 graph_key([self.classifier, *self.denoisers], spec.input_shape),
                 cache_dir,
                 spec.name,
                 lambda: export_graph(self.fast_ensemble(), spec.input_shape),
+                torch.get_num_threads(),
             )
-            self.fast = OnnxEnsemble(graph, torch.get_num_threads())
             self.backend = "onnxruntime"
         elif fast:
             self.fast = self.fast_ensemble()

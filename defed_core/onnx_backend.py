@@ -99,8 +99,11 @@ def graph_key(networks: Iterable[nn.Module], input_shape: tuple[int, int, int]) 
     return digest.hexdigest()
 
 
-def cached_graph(key: str, cache_dir: Path | None, name: str, build: Callable[[], bytes]) -> bytes:
-    """The graph for `key`: read from `cache_dir` when it is there, else built (and stored).
+def cached_graph(
+    key: str, cache_dir: Path | None, name: str, build: Callable[[], bytes], *, refresh: bool = False
+) -> bytes:
+    """The graph for `key`: read from `cache_dir` when it is there (unless `refresh`), else built
+    and stored.
 
     The cache only saves time: an unreadable or unwritable cache is logged and the graph built.
     Older graphs of the same bundle name are removed when a new one is stored.
@@ -112,7 +115,7 @@ def cached_graph(key: str, cache_dir: Path | None, name: str, build: Callable[[]
     stem = re.sub(r"[^A-Za-z0-9_-]", "_", name)[:64] or "bundle"
     path = cache_dir / f"{stem}-{key[:24]}.onnx"
     try:
-        graph = path.read_bytes()
+        graph = b"" if refresh else path.read_bytes()
         if graph:
             return graph
     except FileNotFoundError:
@@ -131,6 +134,21 @@ def cached_graph(key: str, cache_dir: Path | None, name: str, build: Callable[[]
     except OSError as exc:
         log.warning("cannot store the ONNX graph in %s (%s); the next start exports it again", cache_dir, exc)
     return graph
+
+
+def cached_ensemble(
+    key: str, cache_dir: Path | None, name: str, build: Callable[[], bytes], threads: int
+) -> OnnxEnsemble:
+    """An ONNX Runtime session on the cached graph; a cached graph that does not load (a damaged
+    file) is exported again and replaced, so that it cannot keep a restarted service down."""
+    graph = cached_graph(key, cache_dir, name, build)
+    try:
+        return OnnxEnsemble(graph, threads)
+    except Exception as exc:  # onnxruntime raises its own exception types for a bad model
+        if cache_dir is None:
+            raise
+        log.warning("the cached ONNX graph of %s does not load (%s); exporting it again", name, exc)
+    return OnnxEnsemble(cached_graph(key, cache_dir, name, build, refresh=True), threads)
 
 
 class OnnxEnsemble:

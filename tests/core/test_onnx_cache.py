@@ -114,3 +114,19 @@ def test_a_bundle_name_cannot_steer_the_cache_path(tmp_path: Path, name: str) ->
     written = [p for p in tmp_path.rglob("*.onnx") if p != neighbour]
     assert len(written) == 1 and written[0].parent == cache
     assert neighbour.read_bytes() == b"other"
+
+
+def test_a_damaged_cached_graph_is_exported_again(bundle_dir: Path, tmp_path: Path,
+                                                  caplog: pytest.LogCaptureFixture) -> None:
+    """A graph file that ONNX Runtime cannot open must not keep the service down at every restart."""
+    cache = tmp_path / "cache"
+    Bundle.load(bundle_dir, "cpu", backend="onnxruntime", cache_dir=cache)
+    (graph,) = cache.glob("*.onnx")
+    good = graph.read_bytes()
+    graph.write_bytes(good[: len(good) // 3])  # truncated, as by a full disk
+    with caplog.at_level(logging.WARNING, logger="defed_core.onnx_backend"):
+        bundle = Bundle.load(bundle_dir, "cpu", backend="onnxruntime", cache_dir=cache)
+    assert "does not load" in caplog.text
+    assert graph.read_bytes() == good  # replaced by a fresh export
+    expected = Bundle.load(bundle_dir, "cpu", backend="torch").predict(X)
+    assert (bundle.predict(X).scores - expected.scores).abs().max() <= 1e-4
