@@ -128,7 +128,8 @@ def cached_graph(
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
         tmp.write_bytes(graph)
         os.replace(tmp, path)  # atomic: a crash mid-write leaves no half graph under the key
-        for old in cache_dir.glob(f"{stem}-*.onnx"):
+        # Exactly "<stem>-<24 hex>.onnx": "mnist-*" would also take a bundle named "mnist-v2".
+        for old in cache_dir.glob(f"{stem}-{'?' * 24}.onnx"):
             if old != path:
                 old.unlink(missing_ok=True)
     except OSError as exc:
