@@ -81,7 +81,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bundle", default="mnist")
     ap.add_argument("--out", type=Path, default=Path("runs/bench"))
-    ap.add_argument("--frames", type=int, default=3000, help="frames per gateway run")
+    ap.add_argument("--frames", type=int, default=10000, help="frames per gateway run (MNIST has 10,000 test digits)")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--threads", type=int, default=2, help="torch / ONNX Runtime threads everywhere")
     ap.add_argument("--backend", default="auto", choices=["auto", "torch", "onnxruntime"],
