@@ -37,7 +37,8 @@ def timings(bundle: Bundle, batch: torch.Tensor, seconds: float) -> list[float]:
 
 
 def rows(
-    bundles: dict[str, Bundle], images: np.ndarray, batches: list[int], seconds: float, rounds: int = 6
+    bundles: dict[str, Bundle], images: np.ndarray, batches: list[int], seconds: float, rounds: int = 6,
+    threads: int | None = None,
 ) -> list[dict[str, float]]:
     """One row per batch size: frames/s and median ms per batch for every path.
 
@@ -45,13 +46,17 @@ def rows(
     stretch of interference from the rest of the machine falls on all of them alike, with a pause
     between turns so that one path's spinning thread pool does not slow the next; the median
     per-batch time over all rounds gives both figures (frames/s = batch size ÷ median).
+    Every path gets the same `threads` (default: torch's thread count at the start), each the
+    way its engine uses them (`Bundle.use_threads`).
     """
+    threads = threads or torch.get_num_threads()
     table = []
     for b in batches:
         batch = torch.from_numpy(images[np.arange(b) % len(images)])  # (b, H, W, C)
         times: dict[str, list[float]] = {name: [] for name in bundles}
         for _ in range(rounds):
             for name, bundle in bundles.items():
+                bundle.use_threads(threads)
                 times[name] += timings(bundle, batch, seconds / rounds)
                 time.sleep(0.2)  # the previous path's idle worker threads stop spinning before the next starts
         row: dict[str, float] = {"batch": b}
@@ -86,15 +91,14 @@ def main() -> None:
     ap.add_argument("--bundle", default="mnist")
     ap.add_argument("--batches", default="1,8,64,256")
     ap.add_argument("--seconds", type=float, default=3.0)
-    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--threads", type=int, default=0, help="model threads for every path (0: torch's default)")
     args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
     bundles = load_paths(str(resolve_bundle_path(args.bundle)), "auto")
     plain = bundles["plain"]
     images = load_sample("cifar10" if plain.input_shape[0] == 3 else "mnist").images  # (256, H, W, C) uint8
-    print(f"device {plain.device}, torch {torch.__version__}, {torch.get_num_threads()} threads")
-    table = rows(bundles, images, [int(s) for s in args.batches.split(",")], args.seconds)
+    threads = args.threads or torch.get_num_threads()
+    print(f"device {plain.device}, torch {torch.__version__}, {threads} threads")
+    table = rows(bundles, images, [int(s) for s in args.batches.split(",")], args.seconds, threads=threads)
     print(markdown(table, list(bundles)))
 
 

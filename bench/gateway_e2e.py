@@ -100,8 +100,8 @@ def measure(broker: PrivateBroker, workdir: Path, bundle_path: Path, frames: lis
     the median of the rounds' ratios: on a machine whose speed drifts from minute to minute,
     two figures taken minutes apart would measure the drift as much as the gateway.
     """
-    torch.set_num_threads(threads)
     offline_bundle = Bundle.load(bundle_path, "cpu", backend=backend)  # type: ignore[arg-type]
+    offline_bundle.use_threads(threads)  # as the gateway does
     offline_fps(offline_bundle, frames[: batch * 8], batch)  # warm-up: the engine sizes its buffers on first runs
     results = []
     for _ in range(rounds):

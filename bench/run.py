@@ -100,7 +100,7 @@ def main() -> None:
         bundles = load_paths(str(bundle_path), "auto")
         images = load_sample("cifar10" if bundles["plain"].input_shape[0] == 3 else "mnist").images
         print("ensemble: plain vs fast …", flush=True)
-        ensemble_rows = rows(bundles, images, [1, 8, 64, 256], seconds)
+        ensemble_rows = rows(bundles, images, [1, 8, 64, 256], seconds, threads=args.threads)
         ensemble_table = markdown(ensemble_rows, list(bundles))
         print(ensemble_table, flush=True)
         del bundles

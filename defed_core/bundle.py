@@ -151,18 +151,39 @@ class Bundle:
                 graph_key([self.classifier, *self.denoisers], spec.input_shape),
                 cache_dir,
                 spec.name,
-                lambda: export_graph(self.fast_ensemble(), spec.input_shape),
+                lambda: export_graph(self.fast_ensemble(engine="onnxruntime"), spec.input_shape),
                 torch.get_num_threads(),
             )
             self.backend = "onnxruntime"
         elif fast:
             self.fast = self.fast_ensemble()
 
-    def fast_ensemble(self) -> FastEnsemble:
-        """The torch fast path for this bundle's networks on its device."""
+    def fast_ensemble(self, engine: Literal["torch", "onnxruntime"] = "torch") -> FastEnsemble:
+        """The fast path's networks for this bundle on its device, rewritten for `engine`."""
         return FastEnsemble(
-            self.classifier, self.denoisers, group_members=self.device.type == "cuda", input_shape=self.spec.input_shape
+            self.classifier,
+            self.denoisers,
+            group_members=self.device.type == "cuda",
+            input_shape=self.spec.input_shape,
+            engine=engine,
         ).to(self.device)
+
+    def use_threads(self, threads: int) -> None:
+        """Give the model `threads` CPU threads (process-wide: this sets torch's thread count).
+
+        With the torch engines they are torch's intra-operator threads. With ONNX Runtime they are
+        its workers (`OnnxEnsemble`), and torch gets one thread: it only prepares the frames and
+        applies the rules to small tensors, and two of its OpenMP threads, spinning idle after each
+        of those small operations, would take the cores from ONNX Runtime's workers
+        (docs/performance.md: a batch of 8 ran 1.8× slower).
+        """
+        if threads < 1:
+            raise ValueError(f"threads must be at least 1, got {threads}")
+        if isinstance(self.fast, OnnxEnsemble):
+            self.fast.set_threads(threads)
+            torch.set_num_threads(1)
+        else:
+            torch.set_num_threads(threads)
 
     # --- metadata ----------------------------------------------------------------------
 

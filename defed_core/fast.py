@@ -25,14 +25,15 @@ Exact rewrites (up to float rounding):
    (x if x > 0 else a·x, with a read once at load), without PReLU's broadcast over a weight
    tensor and without allocating an output.
 
-`FastEnsemble(bundle)` exposes the same `outputs` as the bundle; `Bundle.predict` uses it when
-`bundle.accelerate()` has been called.
+`FastEnsemble` computes the same `MemberOutputs` as `run_members`; `Bundle.load` builds it unless
+`fast=False`, and `defed_core.onnx_backend` exports it for ONNX Runtime.
 """
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
@@ -135,8 +136,9 @@ def bias_of(conv: nn.Conv2d | nn.ConvTranspose2d) -> Tensor:
     return conv.bias.detach() if conv.bias is not None else torch.zeros(conv.out_channels)
 
 
-def untranspose(conv: nn.ConvTranspose2d) -> nn.Module | None:
-    """The ordinary-convolution form of a transposed convolution, or None where there is none here."""
+def untranspose(conv: nn.ConvTranspose2d, strided: bool = True) -> nn.Module | None:
+    """The ordinary-convolution form of a transposed convolution, or None where there is none here
+    (or, with `strided=False`, where it would need a pixel shuffle)."""
     if conv.groups != 1 or conv.dilation != (1, 1) or conv.output_padding != (0, 0) or isinstance(conv.padding, str):
         return None
     (kh, kw), (ph, pw) = conv.kernel_size, conv.padding
@@ -145,9 +147,52 @@ def untranspose(conv: nn.ConvTranspose2d) -> nn.Module | None:
         out.weight = nn.Parameter(conv.weight.detach().transpose(0, 1).flip(-1, -2).contiguous())
         out.bias = nn.Parameter(bias_of(conv))
         return out
-    if conv.stride == (2, 2) and (kh, kw) == (2, 2) and (ph, pw) == (0, 0):
+    if strided and conv.stride == (2, 2) and (kh, kw) == (2, 2) and (ph, pw) == (0, 0):
         return PixelShuffleUp(conv)
     return None
+
+
+class ChannelSumConv(nn.Module):
+    """A convolution to one channel (the MNIST tail, 16 → 1) as a per-channel convolution and a sum.
+
+    conv(x) = Σ_c w[c] ⋆ x[c] + b: the per-channel convolution (groups = in_channels) computes
+    every term, the sum adds them up. Same multiply-adds; ONNX Runtime runs a convolution to one
+    channel about 8× slower per multiply-add than its per-channel ones (docs/performance.md). To
+    three channels (the CIFAR-10 tail) the two forms measured alike, so it stays a convolution.
+    """
+
+    bias: Tensor
+
+    def __init__(self, conv: nn.Conv2d) -> None:
+        super().__init__()
+        if isinstance(conv.padding, str):
+            raise ValueError("ChannelSumConv needs explicit padding")
+        cin, (kh, kw), (ph, pw) = conv.in_channels, conv.kernel_size, conv.padding
+        self.terms = nn.Conv2d(cin, cin, (kh, kw), padding=(ph, pw), groups=cin, bias=False)
+        self.terms.weight = nn.Parameter(conv.weight.detach().reshape(cin, 1, kh, kw).clone())
+        self.register_buffer("bias", bias_of(conv).view(1, 1, 1, 1).clone(), persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        terms: Tensor = self.terms(x)  # (N, C, H, W): channel c is w[c] ⋆ x[c]
+        return terms.sum(dim=1, keepdim=True) + self.bias
+
+
+def channel_sum_convs(module: nn.Module) -> nn.Module:
+    """Replace every plain stride-1 convolution to one channel (from several) by a ChannelSumConv."""
+    for name, child in list(module.named_modules()):
+        if not (
+            type(child) is nn.Conv2d
+            and child.groups == 1
+            and child.out_channels == 1 < child.in_channels
+            and child.stride == (1, 1)
+            and not isinstance(child.padding, str)
+            and child.dilation == (1, 1)
+            and child.padding_mode == "zeros"
+        ):
+            continue
+        parent_name, _, attr = name.rpartition(".")
+        setattr(module.get_submodule(parent_name) if parent_name else module, attr, ChannelSumConv(child))
+    return module
 
 
 def prelus_as_leaky_relus(module: nn.Module) -> nn.Module:
@@ -163,10 +208,10 @@ def prelus_as_leaky_relus(module: nn.Module) -> nn.Module:
     return module
 
 
-def untranspose_all(module: nn.Module) -> nn.Module:
+def untranspose_all(module: nn.Module, strided: bool = True) -> nn.Module:
     """Replace every transposed convolution that has an ordinary form by it, in place."""
     for name, child in list(module.named_modules()):
-        if not isinstance(child, nn.ConvTranspose2d) or (replacement := untranspose(child)) is None:
+        if not isinstance(child, nn.ConvTranspose2d) or (replacement := untranspose(child, strided)) is None:
             continue
         parent_name, _, attr = name.rpartition(".")
         setattr(module.get_submodule(parent_name) if parent_name else module, attr, replacement)
@@ -264,6 +309,9 @@ class FastEnsemble(nn.Module):
     `group_members` runs the K denoisers as one grouped network. It pays on a GPU (fewer,
     wider kernels); on a CPU, oneDNN's grouped convolutions at these widths were slower than K
     plain ones (docs/performance.md), so there the members run one after another, folded.
+    `engine` is what will run the rewritten networks: for `onnxruntime` (an exported graph) the
+    stride-2 transposed convolutions stay as they are, which ONNX Runtime runs faster than a 1×1
+    convolution and a pixel shuffle; for `torch` they become the latter.
     """
 
     def __init__(
@@ -272,6 +320,7 @@ class FastEnsemble(nn.Module):
         denoisers: Sequence[nn.Module],
         group_members: bool = True,
         input_shape: tuple[int, int, int] | None = None,
+        engine: Literal["torch", "onnxruntime"] = "torch",
     ) -> None:
         super().__init__()
         self.k = len(denoisers)
@@ -282,12 +331,16 @@ class FastEnsemble(nn.Module):
             []
             if group_members
             else [
-                prelus_as_leaky_relus(untranspose_all(prepare_filters(fold_all_batchnorms(copy.deepcopy(d)))))
+                prelus_as_leaky_relus(
+                    untranspose_all(prepare_filters(fold_all_batchnorms(copy.deepcopy(d))), strided=engine == "torch")
+                )
                 for d in denoisers
             ]
         )
         if input_shape is not None:
             members = [collapse_skip1(d, input_shape) for d in members]
+        if engine == "onnxruntime":
+            members = [channel_sum_convs(d) for d in members]
         # Members one by one run on oneDNN, whose kernels for these widths (16–32 channels, and
         # above all the per-channel blur/edge filters) are faster on channels-last feature maps.
         self.members = nn.ModuleList([d.eval().to(memory_format=torch.channels_last) for d in members])  # type: ignore[call-overload]  # the stubs omit memory_format

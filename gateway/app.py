@@ -80,10 +80,10 @@ class Gateway:
         s = self.settings
         # Model: loaded and warm before we take a single frame.
         self.notifier.status(f"loading the model {s.model.bundle}")
-        if s.model.threads:
-            torch.set_num_threads(s.model.threads)
+        threads = s.model.threads or torch.get_num_threads()
         self.bundle = load_bundle(s.model.bundle, s.model.device, s.model.backend, s.model.precision,
                                   s.model_cache_dir)
+        self.bundle.use_threads(threads)
         warm_up(self.bundle, s.batching.max_batch)
         log.info("model ready", bundle=self.bundle.name, version=self.bundle.version,
                  device=str(self.bundle.device), backend=self.bundle.backend, input_shape=list(self.bundle.input_shape))
