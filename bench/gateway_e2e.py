@@ -244,7 +244,7 @@ def main() -> None:
                         help="model threads, in the gateway and offline alike")
     parser.add_argument("--backend", default="auto", choices=["auto", "torch", "onnxruntime"],
                         help="the fast path's engine (model.backend), in the gateway and offline alike")
-    parser.add_argument("--rounds", type=int, default=3, help="offline + gateway rounds; the median is reported")
+    parser.add_argument("--rounds", type=int, default=5, help="offline + gateway rounds; the median is reported")
     parser.add_argument("--skip-per-frame", action="store_true", help="do not run the max_batch=1 gateway")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="defed-bench-") as tmp:

@@ -86,7 +86,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2, help="torch / ONNX Runtime threads everywhere")
     ap.add_argument("--backend", default="auto", choices=["auto", "torch", "onnxruntime"],
                     help="the gateway's engine (model.backend), and the offline path it is compared with")
-    ap.add_argument("--rounds", type=int, default=3, help="offline + gateway rounds; the median is reported")
+    ap.add_argument("--rounds", type=int, default=5, help="offline + gateway rounds; the median is reported")
     ap.add_argument("--quick", action="store_true", help="short runs, to check the harness")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)

@@ -4,8 +4,8 @@ A frame's path, top to bottom:
 
     BrokerLink._on_message        (paho network thread)   MQTT message → Delivery
     Gateway.take → FrameCodec     (paho network thread)   Delivery → Frame | Rejection
-    Batcher.next_batch            (inference thread)      Frames → batch
-    InferenceWorker.decide        (inference thread)      batch → Verdicts (bundle.predict once)
+    Batcher.next_batch            (inference lane)        Frames → batch
+    InferenceWorker.decide        (inference lane)        batch → Verdicts (bundle.predict once), in batch order
     ResultPublisher               (publisher thread)      audit commit → event → PUBACK → ack
 """
 

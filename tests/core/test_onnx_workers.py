@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,14 +12,6 @@ from defed_core.bundle import Bundle
 from defed_core.fast import ChannelSumConv, channel_sum_convs
 from defed_core.onnx_backend import SLICE_FRAMES, OnnxEnsemble, batch_slices, export_graph
 from defed_core.testing import untrained_bundle
-
-
-@pytest.fixture(autouse=True)
-def keep_torch_threads() -> Iterator[None]:
-    """`Bundle.use_threads` sets torch's process-wide thread count: put it back after each test."""
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize(
