@@ -33,7 +33,7 @@ from typing import Any
 import cv2
 import numpy as np
 import torch
-from mqtt_load import Camera, Listener
+from mqtt_load import Camera, Listener, LoadError
 
 from defed_core import Bundle
 from defed_core.testing import untrained_bundle
@@ -203,13 +203,19 @@ def run_gateway(broker: PrivateBroker, workdir: Path, bundle: Path, frames: list
     cpu_before = {name: cpu_seconds(pid) for name, pid in processes.items()}
     start = time.perf_counter()
 
+    camera_error: list[BaseException] = []
+
     def publish_all() -> None:
         as_remote_device()
-        sent_at.update(camera.flood(messages))
+        try:
+            sent_at.update(camera.flood(messages))
+        except (OSError, LoadError) as exc:
+            camera_error.append(exc)
+            listener.done.set()  # no more results are coming: stop waiting for them
 
     publisher = threading.Thread(target=publish_all, name="bench-camera")
     publisher.start()
-    finished = listener.wait(600)
+    finished = listener.wait(600) and not camera_error
     publisher.join()
     arrivals = listener.arrivals
     elapsed = max(t for t, _, _ in arrivals) - start if arrivals else float("nan")
@@ -222,8 +228,9 @@ def run_gateway(broker: PrivateBroker, workdir: Path, bundle: Path, frames: list
     received = {event["frame_id"]: (arrived, event.get("latency_ms", float("nan")))
                 for arrived, _, event in listener.results()}
     if not finished or len(received) < len(frames):
+        reason = listener.error or (camera_error[0] if camera_error else None)
         raise SystemExit(f"only {len(received)} of {len(frames)} results arrived at max_batch={batch}"
-                         + (f" ({listener.error})" if listener.error else ""))
+                         + (f" ({reason})" if reason else ""))
     return {
         "max_batch": batch,
         "fps": round(len(frames) / elapsed, 1),
