@@ -7,6 +7,7 @@ anything. The default bundles ship inside this package under `defed_core/bundles
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 from dataclasses import dataclass, field, replace
@@ -253,16 +254,12 @@ class Bundle:
             raise BundleError(
                 f"calibration has {len(calibration.thresholds)} thresholds for {len(self.spec.members)} members"
             )
-        return Bundle(
-            replace(self.spec, calibration=calibration),
-            self.classifier,
-            self.denoisers,
-            self.device,
-            fast=self.fast is not None,
-            backend=self.backend,  # type: ignore[arg-type]
-            precision=self.precision,
-            cache_dir=self.cache_dir,
-        )
+        # Thresholds are not part of the networks: the copy shares them and their fast path (no
+        # second export or session; ONNX Runtime's workers stay as `use_threads` set them).
+        recalibrated = copy.copy(self)
+        recalibrated.spec = replace(self.spec, calibration=calibration)
+        recalibrated.thresholds = torch.tensor(calibration.thresholds, dtype=torch.float32, device=self.device)
+        return recalibrated
 
     # --- files -------------------------------------------------------------------------
 

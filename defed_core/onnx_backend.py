@@ -176,7 +176,7 @@ class OnnxEnsemble:
     single-threaded session (ONNX Runtime allows concurrent `run` calls on one session). Frames
     are independent, so the outputs are identical to one run over the whole batch; what changes
     is that no worker waits for another between operators. ONNX Runtime's own intra-operator
-    threads would meet at every one of the graph's ~130 operators, and on a small hub their
+    threads would meet at every one of the graph's ~170 operators, and on a small hub their
     wake-ups cost more than the work they share (docs/performance.md: a batch of 64 took 36.9 ms
     this way instead of 43.1 ms, a single frame 1.16 instead of 1.49 ms).
     """
